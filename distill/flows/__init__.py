@@ -1,0 +1,18 @@
+"""Density math, independent of audio: MADE, causal WaveNet, affine autoregressive layers, stacks."""
+
+from distill.flows.autoregressive import AffineAutoregressive, bound_log_scale
+from distill.flows.made import MADE
+from distill.flows.stacks import IAF, MAF, FlowStack, Reverse, standard_normal_log_prob
+from distill.flows.wavenet import CausalWaveNet
+
+__all__ = [
+    "MADE",
+    "CausalWaveNet",
+    "AffineAutoregressive",
+    "bound_log_scale",
+    "FlowStack",
+    "Reverse",
+    "MAF",
+    "IAF",
+    "standard_normal_log_prob",
+]

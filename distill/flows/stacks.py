@@ -1,0 +1,192 @@
+"""Flow stacks over a standard-normal base, and the public vector MAF / IAF.
+
+A stack applies its layers in order in the generative direction ``z -> x`` and passes the context
+to every layer itself, so no layer can run unconditioned.
+
+**Per-step Gaussians.** When every layer is affine autoregressive in the *same* order (audio
+stacks; vector stacks built with ``permute=False``), the whole stack is Gaussian per step: given
+the past, each layer is affine in its current input, so ``x_t = z_t * S_t + M_t`` with
+``log S_t = sum_k a^k_t`` and ``M_t`` the fold ``M <- M * exp(a^k_t) + m^k_t`` from 0 through the
+layers. :meth:`FlowStack.gaussian_conditionals` returns these for a MAF (teacher, from ``x``)
+and :meth:`FlowStack.sample_with_conditionals` for an IAF (student, alongside its sample).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from distill.errors import ConfigError
+from distill.flows.autoregressive import AffineAutoregressive
+from distill.flows.made import MADE
+
+__all__ = ["Reverse", "FlowStack", "MAF", "IAF", "standard_normal_log_prob"]
+
+_LOG_2PI = math.log(2 * math.pi)
+
+
+def standard_normal_log_prob(z: torch.Tensor) -> torch.Tensor:
+    """log N(z; 0, I) summed over the event axis: (B, D) -> (B,), in float32 or wider."""
+    if z.dtype in (torch.float16, torch.bfloat16):
+        z = z.float()
+    return -0.5 * (z.pow(2) + _LOG_2PI).sum(dim=-1)
+
+
+class Reverse(nn.Module):
+    """Reverse the event axis: a volume-preserving permutation between vector layers."""
+
+    def forward(self, z: torch.Tensor, context: torch.Tensor, naive: bool = False):
+        return z.flip(-1), z.new_zeros(z.shape[0])
+
+    def inverse(self, x: torch.Tensor, context: torch.Tensor, naive: bool = False):
+        return x.flip(-1), x.new_zeros(x.shape[0])
+
+
+class FlowStack(nn.Module):
+    """A sequence of flow layers over a standard-normal base of shape ``(B, D)``."""
+
+    def __init__(self, layers: list[nn.Module]):
+        super().__init__()
+        self.layers = nn.ModuleList(layers)
+
+    def forward(self, z: torch.Tensor, context: torch.Tensor, naive: bool = False):
+        """z: (B, D) -> x: (B, D), log|det dx/dz|: (B,)."""
+        log_det = z.new_zeros(z.shape[0], dtype=_wide(z.dtype))
+        for layer in self.layers:
+            z, ld = layer(z, context, naive=naive)
+            log_det = log_det + ld
+        return z, log_det
+
+    def inverse(self, x: torch.Tensor, context: torch.Tensor, naive: bool = False):
+        """x: (B, D) -> z: (B, D), log|det dz/dx|: (B,)."""
+        log_det = x.new_zeros(x.shape[0], dtype=_wide(x.dtype))
+        for layer in reversed(self.layers):
+            x, ld = layer.inverse(x, context, naive=naive)
+            log_det = log_det + ld
+        return x, log_det
+
+    def log_prob(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        """log p(x | context): (B,) in nats."""
+        z, log_det = self.inverse(x, context)
+        return standard_normal_log_prob(z) + log_det
+
+    def sample_with_log_prob(self, noise: torch.Tensor, context: torch.Tensor, naive=False):
+        """Push base noise (B, D) through the stack; log-density of the result under the model."""
+        x, log_det = self.forward(noise, context, naive=naive)
+        return x, standard_normal_log_prob(noise) - log_det
+
+    # --- per-step Gaussian conditionals (same-order stacks only) -------------------------------
+
+    def _affine_layers(self) -> list[AffineAutoregressive]:
+        if not all(isinstance(layer, AffineAutoregressive) for layer in self.layers):
+            raise ConfigError(
+                "per-step Gaussian conditionals need every layer autoregressive in the same "
+                "order (no permutations between layers); build the stack with permute=False "
+                "or use the Monte Carlo estimator (distill.estimator=monte_carlo)"
+            )
+        return list(self.layers)
+
+    def gaussian_conditionals(self, x: torch.Tensor, context: torch.Tensor):
+        """MAF stack: ``mu_t, log_sigma_t`` of ``p(x_t | x_{<t})`` from one density pass.
+
+        x: (B, D) -> mu (B, D), log_sigma (B, D).
+        """
+        layers = self._affine_layers()
+        params = []
+        h = x
+        for layer in reversed(layers):
+            if layer.mode != "maf":
+                raise ConfigError("gaussian_conditionals(x) is for MAF stacks")
+            shift, log_scale = layer.params(h, context)
+            params.append((shift, log_scale))
+            h = (h - shift) * torch.exp(-log_scale)
+        return _fold(reversed(params))
+
+    def sample_with_conditionals(self, noise: torch.Tensor, context: torch.Tensor):
+        """IAF stack: sample x, its log-density, and the student's ``M_t, log S_t`` given ``z_{<t}``.
+
+        noise: (B, D) -> x, log_prob (B,), mean (B, D), log_scale (B, D).
+        """
+        layers = self._affine_layers()
+        params = []
+        h = noise
+        for layer in layers:
+            if layer.mode != "iaf":
+                raise ConfigError("sample_with_conditionals(noise) is for IAF stacks")
+            shift, log_scale = layer.params(h, context)
+            params.append((shift, log_scale))
+            h = h * torch.exp(log_scale) + shift
+        mean, log_scale = _fold(params)
+        log_prob = standard_normal_log_prob(noise) - log_scale.to(_wide(log_scale.dtype)).sum(-1)
+        return h, log_prob, mean, log_scale
+
+
+def _fold(params) -> tuple[torch.Tensor, torch.Tensor]:
+    """Compose per-step affine maps ``y = u * exp(a) + m`` (first layer first) into one."""
+    mean, log_scale = None, None
+    for shift, a in params:
+        if mean is None:
+            mean, log_scale = shift, a
+        else:
+            mean = mean * torch.exp(a) + shift
+            log_scale = log_scale + a
+    return mean, log_scale
+
+
+def _wide(dtype: torch.dtype) -> torch.dtype:
+    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+
+
+class _VectorFlow(nn.Module):
+    """Conditional flow over vectors with MADE conditioners; see :class:`MAF` and :class:`IAF`."""
+
+    mode = "maf"
+
+    def __init__(
+        self,
+        features: int,
+        context_features: int,
+        hidden_features: int = 64,
+        num_layers: int = 4,
+        permute: bool = True,
+        num_hidden: int = 2,
+        log_scale_min: float = -7.0,
+    ):
+        super().__init__()
+        self.features = features
+        layers: list[nn.Module] = []
+        for i in range(num_layers):
+            if permute and i > 0:
+                layers.append(Reverse())
+            made = MADE(features, context_features, hidden_features, num_hidden)
+            layers.append(AffineAutoregressive(made, self.mode, log_scale_min))
+        self.flow = FlowStack(layers)
+
+    def log_prob(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        """x: (B, D), context: (B, C) -> (B,)."""
+        return self.flow.log_prob(x, context)
+
+    def sample_with_log_prob(self, context: torch.Tensor, noise: torch.Tensor | None = None):
+        """One sample per context row: (x (B, D), log_prob (B,))."""
+        if noise is None:
+            noise = torch.randn(context.shape[0], self.features, dtype=context.dtype,
+                                device=context.device)
+        return self.flow.sample_with_log_prob(noise, context)
+
+    def sample(self, context: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
+        """One sample per context row: (B, D)."""
+        return self.sample_with_log_prob(context, noise)[0]
+
+
+class MAF(_VectorFlow):
+    """Conditional masked autoregressive flow: parallel density, sequential sampling."""
+
+    mode = "maf"
+
+
+class IAF(_VectorFlow):
+    """Conditional inverse autoregressive flow: parallel sampling with its log-density."""
+
+    mode = "iaf"
