@@ -77,8 +77,12 @@ class StudentConfig:
     """IAF student: one WaveNet per flow (Parallel WaveNet: 4 flows; ClariNet: 6)."""
 
     flows: tuple[WaveNetConfig, ...] = (
-        WaveNetConfig(residual_channels=64, gate_channels=128, skip_channels=64,
-                      dilations=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512)),
+        WaveNetConfig(
+            residual_channels=64,
+            gate_channels=128,
+            skip_channels=64,
+            dilations=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512),
+        ),
     ) * 4
     upsampler_channels: int = 80
     upsampler_kernel: int = 5
@@ -194,9 +198,7 @@ def _from_mapping(cls: type, mapping: dict, where: str) -> Any:
             f"unknown config key {where + '.' if where else ''}{unknown[0]}; "
             f"valid keys{' of ' + where if where else ''}: {', '.join(sorted(names))}"
         )
-    kwargs = {
-        k: _convert(hints[k], v, f"{where}.{k}" if where else k) for k, v in mapping.items()
-    }
+    kwargs = {k: _convert(hints[k], v, f"{where}.{k}" if where else k) for k, v in mapping.items()}
     return cls(**kwargs)
 
 

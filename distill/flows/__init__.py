@@ -1,4 +1,4 @@
-"""Density math, independent of audio: MADE, causal WaveNet, affine autoregressive layers, stacks."""
+"""Density math, independent of audio: MADE, causal WaveNet, affine AR layers, stacks."""
 
 from distill.flows.autoregressive import AffineAutoregressive, bound_log_scale
 from distill.flows.made import MADE

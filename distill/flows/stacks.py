@@ -105,7 +105,7 @@ class FlowStack(nn.Module):
         return _fold(reversed(params))
 
     def sample_with_conditionals(self, noise: torch.Tensor, context: torch.Tensor):
-        """IAF stack: sample x, its log-density, and the student's ``M_t, log S_t`` given ``z_{<t}``.
+        """IAF stack: sample x, its log-density, and the per-step ``M_t, log S_t`` given ``z_{<t}``.
 
         noise: (B, D) -> x, log_prob (B,), mean (B, D), log_scale (B, D).
         """
@@ -171,8 +171,9 @@ class _VectorFlow(nn.Module):
     def sample_with_log_prob(self, context: torch.Tensor, noise: torch.Tensor | None = None):
         """One sample per context row: (x (B, D), log_prob (B,))."""
         if noise is None:
-            noise = torch.randn(context.shape[0], self.features, dtype=context.dtype,
-                                device=context.device)
+            noise = torch.randn(
+                context.shape[0], self.features, dtype=context.dtype, device=context.device
+            )
         return self.flow.sample_with_log_prob(noise, context)
 
     def sample(self, context: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:

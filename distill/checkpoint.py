@@ -1,0 +1,121 @@
+"""Self-describing checkpoints: one file that rebuilds the model alone, written atomically.
+
+A checkpoint holds plain types and tensors only (loaded with ``torch.load(weights_only=True)``,
+so opening one can never run code): format version, kind (``teacher`` / ``student``), the full
+config including the feature config, the model weights, and for resuming the EMA weights,
+optimizer state, step and RNG state. It is written to a temporary file in the same folder,
+flushed to disk, then renamed over the target, so a crash mid-save leaves the old file intact.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from distill import __version__
+from distill.config import AudioConfig, Config, config_from_dict, config_to_dict
+from distill.errors import CheckpointError, DistillError
+
+__all__ = [
+    "FORMAT_VERSION",
+    "save_checkpoint",
+    "load_checkpoint",
+    "model_from_checkpoint",
+    "check_audio_config",
+]
+
+FORMAT_VERSION = 1
+KINDS = ("teacher", "student")
+
+
+def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:
+    """Write ``payload`` atomically; it must hold ``kind``, ``config`` (a Config) and ``model``."""
+    path = Path(path)
+    if payload.get("kind") not in KINDS:
+        raise ValueError(f"checkpoint kind must be one of {KINDS}, found {payload.get('kind')!r}")
+    data = dict(payload)
+    if isinstance(data["config"], Config):
+        data["config"] = config_to_dict(data["config"])
+    data.setdefault("format_version", FORMAT_VERSION)
+    data.setdefault("distill_version", __version__)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(data, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_checkpoint(path: str | Path, kind: str | None = None, map_location="cpu") -> dict:
+    """Read and validate a checkpoint; ``config`` comes back as a :class:`Config`."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist; check the path or train first")
+    try:
+        data = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:  # corrupt, truncated, or not a torch file at all
+        raise CheckpointError(
+            f"checkpoint {path} cannot be read ({type(err).__name__}); it is corrupt or not a "
+            "distill checkpoint: use another file or re-run training to write it again"
+        ) from err
+    if not isinstance(data, dict) or data.get("kind") not in KINDS or "model" not in data:
+        raise CheckpointError(f"{path} is not a distill checkpoint (no kind/model entries)")
+    if data.get("format_version", 0) > FORMAT_VERSION:
+        raise CheckpointError(
+            f"{path} has checkpoint format {data['format_version']}, newer than this distill "
+            f"({FORMAT_VERSION}); upgrade distill"
+        )
+    if kind is not None and data["kind"] != kind:
+        raise CheckpointError(
+            f"{path} is a {data['kind']} checkpoint, but a {kind} checkpoint is needed here "
+            f"(e.g. checkpoints/NAME/{kind}/best.pt)"
+        )
+    try:
+        data["config"] = config_from_dict(data["config"])
+    except DistillError as err:
+        raise CheckpointError(f"{path} holds a config this distill cannot read: {err}") from err
+    return data
+
+
+def model_from_checkpoint(path: str | Path, kind: str, device=None, use_ema: bool = True):
+    """Build a Teacher or Student from its checkpoint alone, in eval mode."""
+    from distill.models import Student, Teacher
+
+    data = load_checkpoint(path, kind)
+    model = (Teacher if kind == "teacher" else Student)(data["config"])
+    state = data.get("ema") if use_ema and data.get("ema") else data["model"]
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as err:
+        raise CheckpointError(f"{path}: weights do not match its own config: {err}") from err
+    if device is not None:
+        model.to(device)
+    return model.eval()
+
+
+def check_audio_config(
+    expected: AudioConfig, found: AudioConfig, expected_from: str, found_in: str
+) -> None:
+    """Raise a CheckpointError naming every differing feature setting and both sources."""
+    if expected == found:
+        return
+    diffs = [
+        f"{name}={getattr(expected, name)!r} ({expected_from}) vs {getattr(found, name)!r} "
+        f"({found_in})"
+        for name in expected.__dataclass_fields__
+        if getattr(expected, name) != getattr(found, name)
+    ]
+    raise CheckpointError(
+        "feature configs differ: "
+        + "; ".join(diffs)
+        + ". Use data prepared with the same audio settings, or re-run `distill prepare`."
+    )
