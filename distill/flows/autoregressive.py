@@ -69,7 +69,7 @@ class AffineAutoregressive(nn.Module):
         return z, -_sum_events(log_scale)
 
     def _sequential(self, y, context, solve, naive: bool):
-        """Build ``u`` one position at a time: ``u_i = solve(y_i, m_i, a_i)``, ``(m, a) = NN(u_{<i})``.
+        """Build ``u`` in order: ``u_i = solve(y_i, m_i, a_i)`` with ``(m, a) = NN(u_{<i})``.
 
         Returns ``u`` and the log-scales used. ``naive`` recomputes over the receptive field at
         each step instead of using the conditioner's cache (for benchmarks and tests).
