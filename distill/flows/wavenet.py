@@ -64,7 +64,8 @@ class CausalWaveNet(nn.Module):
             for d in self.dilations
         )
         self.cond_proj = nn.Conv1d(cond_channels, gate_channels * len(self.dilations), 1)
-        self.res = nn.ModuleList(nn.Conv1d(half, residual_channels, 1) for _ in self.dilations)
+        # The last layer feeds only the skip path: a residual output there would be dead weight.
+        self.res = nn.ModuleList(nn.Conv1d(half, residual_channels, 1) for _ in self.dilations[:-1])
         self.skip = nn.ModuleList(nn.Conv1d(half, skip_channels, 1) for _ in self.dilations)
         self.head = nn.Conv1d(skip_channels, skip_channels, 1)
         self.out = nn.Conv1d(skip_channels, 2, 1)
@@ -97,13 +98,15 @@ class CausalWaveNet(nn.Module):
         h = self.front(shifted)
         skips = 0.0
         g = self.gate_channels
-        for i, (conv, res, skip) in enumerate(zip(self.dilated, self.res, self.skip)):
+        last = len(self.dilated) - 1
+        for i, (conv, skip) in enumerate(zip(self.dilated, self.skip)):
             x = conv(F.pad(h, ((self.kernel_size - 1) * conv.dilation[0], 0)))
             x = x + c[:, i * g : (i + 1) * g]
             a, b = x.chunk(2, dim=1)
             z = torch.tanh(a) * torch.sigmoid(b)
             skips = skips + skip(z)
-            h = (h + res(z)) * math.sqrt(0.5)
+            if i < last:
+                h = (h + self.res[i](z)) * math.sqrt(0.5)
         out = self.out(torch.relu(self.head(torch.relu(skips))))
         return out[:, 0], out[:, 1]
 
@@ -131,7 +134,8 @@ class CausalWaveNet(nn.Module):
         skips = 0.0
         g = self.gate_channels
         k = self.kernel_size
-        for i, (conv, res, skip) in enumerate(zip(self.dilated, self.res, self.skip)):
+        last = len(self.dilated) - 1
+        for i, (conv, skip) in enumerate(zip(self.dilated, self.skip)):
             d = conv.dilation[0]
             buf = state.buffers[i]
             span = buf.shape[-1]
@@ -142,7 +146,9 @@ class CausalWaveNet(nn.Module):
             a, b = x.chunk(2, dim=1)
             z = torch.tanh(a) * torch.sigmoid(b)
             skips = skips + F.linear(z, skip.weight[:, :, 0], skip.bias)
-            h = (h + F.linear(z, res.weight[:, :, 0], res.bias)) * math.sqrt(0.5)
+            if i < last:
+                res = self.res[i]
+                h = (h + F.linear(z, res.weight[:, :, 0], res.bias)) * math.sqrt(0.5)
         hid = torch.relu(F.linear(torch.relu(skips), self.head.weight[:, :, 0], self.head.bias))
         out = F.linear(hid, self.out.weight[:, :, 0], self.out.bias)
         return out[:, 0], out[:, 1]
