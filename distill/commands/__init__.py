@@ -1,0 +1,1 @@
+"""One module per `distill` subcommand: ``add_arguments(parser)`` and ``run(args)``."""
