@@ -1,0 +1,205 @@
+"""Teacher and student audio models, checkpoints and configs."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from distill.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
+from distill.config import Config, config_from_dict, config_to_dict, load_config
+from distill.errors import CheckpointError, ConfigError
+from distill.models import Student, Teacher
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = [
+    "audio.n_mels=6",
+    "audio.hop_length=4",
+    "teacher.upsampler_channels=5",
+    "teacher.wavenet={residual_channels: 6, gate_channels: 8, skip_channels: 6, "
+    "dilations: [1, 2, 4]}",
+    "student.upsampler_channels=5",
+    "student.flows=[{residual_channels: 6, gate_channels: 8, skip_channels: 6, dilations: [1, 2]},"
+    " {residual_channels: 6, gate_channels: 8, skip_channels: 6, dilations: [1, 2, 4]}]",
+]
+
+
+def tiny_config(*extra: str) -> Config:
+    return load_config(None, [*TINY, *extra])
+
+
+def randomized(model):
+    """Flows start as the identity; give every output layer weights so the maps are non-trivial."""
+    torch.manual_seed(1)
+    for layer in model.flow.layers:
+        torch.nn.init.normal_(layer.conditioner.out.weight, std=0.2)
+        torch.nn.init.normal_(layer.conditioner.out.bias, std=0.1)
+    return model.double()
+
+
+def mel_batch(batch=2, frames=5, n_mels=6):
+    return torch.randn(batch, n_mels, frames, dtype=torch.float64) - 5.0
+
+
+def gaussian_log_prob(x, mean, log_scale):
+    return (
+        -0.5 * ((x - mean) * torch.exp(-log_scale)) ** 2 - log_scale - 0.5 * math.log(2 * math.pi)
+    ).sum(-1)
+
+
+@pytest.mark.parametrize("num_flows", [1, 2])
+def test_teacher_per_step_gaussians_reproduce_log_prob(num_flows):
+    teacher = randomized(Teacher.from_config(tiny_config(f"teacher.num_flows={num_flows}")))
+    mel = mel_batch()
+    audio = torch.randn(2, 20, dtype=torch.float64) * 0.3
+    mu, log_sigma = teacher.gaussian_conditionals(audio, mel)
+    torch.testing.assert_close(
+        gaussian_log_prob(audio, mu, log_sigma), teacher.log_prob(audio, mel), atol=1e-9, rtol=0
+    )
+
+
+@pytest.mark.parametrize("num_flows", [1, 2])
+def test_teacher_cached_generation_equals_naive(num_flows):
+    teacher = randomized(Teacher.from_config(tiny_config(f"teacher.num_flows={num_flows}")))
+    mel = mel_batch()
+    noise = torch.randn(2, 20, dtype=torch.float64)
+    cached = teacher.sample(mel, noise=noise, temperature=0.7)
+    naive = teacher.sample(mel, noise=noise, temperature=0.7, naive=True)
+    torch.testing.assert_close(cached, naive, atol=1e-5, rtol=0)
+    # the sample is the exact inverse of the density pass
+    z, _ = teacher.flow.inverse(cached, teacher.context(mel))
+    torch.testing.assert_close(z, noise * 0.7, atol=1e-9, rtol=0)
+
+
+def test_teacher_sample_and_density_run_in_float32():
+    teacher = Teacher.from_config(tiny_config())
+    mel = mel_batch().float()
+    x = teacher.sample(mel)
+    assert x.shape == (2, 20) and x.dtype == torch.float32
+    assert torch.isfinite(teacher.log_prob(x, mel)).all()
+
+
+def test_student_log_prob_of_its_sample_equals_returned_log_prob():
+    student = randomized(Student.from_config(tiny_config()))
+    mel = mel_batch()
+    audio, log_prob = student.sample(mel, temperature=0.8)
+    torch.testing.assert_close(student.log_prob(audio, mel), log_prob, atol=1e-8, rtol=0)
+    noise = torch.randn(2, 20, dtype=torch.float64)
+    x, lp, mean, log_scale = student.sample_with_conditionals(mel, noise=noise)
+    torch.testing.assert_close(gaussian_log_prob(x, mean, log_scale), lp, atol=1e-9, rtol=0)
+
+
+def test_batch_equals_per_item():
+    teacher = randomized(Teacher.from_config(tiny_config("teacher.num_flows=2")))
+    student = randomized(Student.from_config(tiny_config()))
+    mel = mel_batch(batch=3)
+    audio = torch.randn(3, 20, dtype=torch.float64) * 0.2
+    noise = torch.randn(3, 20, dtype=torch.float64)
+    lp = teacher.log_prob(audio, mel)
+    xs, _ = student.sample(mel, noise=noise)
+    for i in range(3):
+        sl = slice(i, i + 1)
+        torch.testing.assert_close(teacher.log_prob(audio[sl], mel[sl]), lp[sl], atol=1e-10, rtol=0)
+        torch.testing.assert_close(
+            student.sample(mel[sl], noise=noise[sl])[0], xs[sl], atol=1e-12, rtol=0
+        )
+
+
+@pytest.mark.parametrize("cls", [Teacher, Student])
+def test_mel_reaches_every_layer_and_every_parameter_learns(cls):
+    model = randomized(cls.from_config(tiny_config()))
+    mel = mel_batch()
+    audio = torch.randn(2, 20, dtype=torch.float64) * 0.2
+    ctx = model.context(mel)
+    for layer in model.flow.layers:
+        a, _ = layer(audio, ctx)
+        b, _ = layer(audio, model.context(mel + 0.5))
+        assert not torch.allclose(a, b)
+    loss = -model.log_prob(audio, mel).sum() if cls is Teacher else model.sample(mel)[0].sum()
+    loss.backward()
+    for name, p in model.named_parameters():
+        assert p.grad is not None and torch.any(p.grad != 0), f"{name} got no gradient"
+
+
+def test_receptive_field_of_the_student_is_the_sum_over_flows():
+    student = randomized(Student.from_config(tiny_config()))
+    assert student.receptive_field == (1 + 3) + (1 + 7)
+    mel = torch.full((1, 6, 10), -5.0, dtype=torch.float64)
+    z = torch.randn(1, 40, dtype=torch.float64, requires_grad=True)
+    x, _ = student.sample(mel, noise=z)
+    grad = torch.autograd.grad(x[0, 30], z)[0][0]
+    seen = torch.nonzero(grad).flatten()
+    assert seen.max().item() == 30 and 30 - seen.min().item() == student.receptive_field
+
+
+def test_bad_shapes_and_values_are_clear_errors():
+    teacher = Teacher.from_config(tiny_config())
+    with pytest.raises(ConfigError, match="n_mels=6"):
+        teacher.log_prob(torch.zeros(1, 20), torch.zeros(1, 7, 5))
+    with pytest.raises(ConfigError, match="NaN"):
+        teacher.log_prob(torch.zeros(1, 20), torch.full((1, 6, 5), float("nan")))
+    with pytest.raises(ConfigError, match=r"\(1, 20\)"):
+        teacher.log_prob(torch.zeros(1, 21), torch.zeros(1, 6, 5))
+
+
+# --- checkpoints ------------------------------------------------------------------------------
+
+
+def test_checkpoint_round_trip_gives_identical_outputs(tmp_path):
+    cfg = tiny_config()
+    student = randomized(Student.from_config(cfg)).float()
+    path = tmp_path / "student.pt"
+    save_checkpoint(path, {"kind": "student", "config": cfg, "model": student.state_dict()})
+    assert not list(tmp_path.glob(".*.tmp"))
+    loaded = model_from_checkpoint(path, "student")
+    assert loaded.config == cfg
+    mel = mel_batch().float()
+    noise = torch.randn(2, 20)
+    torch.testing.assert_close(
+        loaded.sample(mel, noise=noise)[0], student.sample(mel, noise=noise)[0], atol=0, rtol=0
+    )
+    assert Student.from_checkpoint(path).config == cfg
+
+
+def test_checkpoint_errors_name_the_problem(tmp_path):
+    cfg = tiny_config()
+    path = tmp_path / "teacher.pt"
+    save_checkpoint(
+        path, {"kind": "teacher", "config": cfg, "model": Teacher.from_config(cfg).state_dict()}
+    )
+    with pytest.raises(CheckpointError, match="is a teacher checkpoint, but a student"):
+        load_checkpoint(path, "student")
+    with pytest.raises(CheckpointError, match="does not exist"):
+        load_checkpoint(tmp_path / "missing.pt")
+    corrupt = tmp_path / "corrupt.pt"
+    corrupt.write_bytes(path.read_bytes()[:100])
+    with pytest.raises(CheckpointError, match="corrupt"):
+        load_checkpoint(corrupt)
+
+
+# --- configs ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["demo.yaml", "paper.yaml"])
+def test_shipped_configs_load_and_build(name):
+    cfg = load_config(REPO / "recipes" / "configs" / name)
+    assert config_from_dict(config_to_dict(cfg)) == cfg
+    Teacher.from_config(cfg)
+    Student.from_config(cfg)
+
+
+def test_config_overrides_and_unknown_keys(tmp_path):
+    cfg = load_config(None, ["audio.n_mels=64", "teacher_training.lr=3e-4"])
+    assert cfg.audio.n_mels == 64 and cfg.teacher_training.lr == pytest.approx(3e-4)
+    with pytest.raises(ConfigError, match="unknown config key audio.n_mel"):
+        load_config(None, ["audio.n_mel=64"])
+    with pytest.raises(ConfigError, match="expected an integer"):
+        load_config(None, ["audio.hop_length=fast"])
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("teacher:\n  wavenett: {}\n")
+    with pytest.raises(ConfigError, match="teacher.wavenett"):
+        load_config(bad)
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "nope.yaml")
