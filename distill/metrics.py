@@ -13,8 +13,9 @@ What each number is computed on (the report repeats this):
   over mel bins and frames.
 - :func:`mel_cepstral_distortion`: MCD in dB on mel-cepstra c1..c13 (c0, the frame energy,
   excluded), obtained by an orthonormal DCT-II of the natural-log mel *amplitude* taken from
-  :func:`distill.audio.log_mel`; frames are compared one to one (no DTW), which is right for
-  copy-synthesis, where the output is time-aligned with the reference by construction:
+  :func:`distill.audio.log_mel` (a magnitude mel); all frames are compared one to one (no DTW,
+  no silence removal), which is right for copy-synthesis, where the output is time-aligned
+  with the reference by construction:
   ``MCD = mean_frames (10 / ln 10) * sqrt(2 * sum_{k=1..13} (c_k - c'_k)^2)``.
 - :func:`flac_bits_per_sample`: size of a 16-bit FLAC file (libsndfile, in memory), header and
   metadata blocks included, in bits per sample: what a lossless codec needs.
@@ -32,7 +33,7 @@ import numpy as np
 import soundfile as sf
 import torch
 
-from distill.audio import log_mel
+from distill.audio import MEL_POWER, log_mel, to_int16
 from distill.config import AudioConfig
 from distill.errors import AudioError
 from distill.spectral import DEFAULT_RESOLUTIONS, multi_resolution_stft
@@ -48,6 +49,7 @@ __all__ = [
     "log_mel_l1",
     "mel_cepstra",
     "mel_cepstral_distortion",
+    "mcd_from_log_mel",
     "flac_bits_per_sample",
     "nll_bits_per_sample",
     "real_time_factor",
@@ -102,8 +104,9 @@ def resample(audio: np.ndarray, orig_sr: int, target_sr: int) -> np.ndarray:
         return np.asarray(audio, dtype=np.float64)
     import librosa
 
-    return librosa.resample(np.asarray(audio, dtype=np.float64), orig_sr=orig_sr,
-                            target_sr=target_sr)
+    return librosa.resample(
+        np.asarray(audio, dtype=np.float64), orig_sr=orig_sr, target_sr=target_sr
+    )
 
 
 def pesq_wb(reference, degraded, sample_rate: int) -> float:
@@ -163,8 +166,15 @@ def mr_stft_distance(reference, degraded, resolutions=DEFAULT_RESOLUTIONS) -> di
 
 
 def _log_mel(audio: np.ndarray, cfg: AudioConfig) -> np.ndarray:
+    """(T,) -> (n_mels, T // hop), cropping the clip to whole frames first."""
+    usable = audio.size - audio.size % cfg.hop_length
+    if usable == 0:
+        raise MetricUndefinedError(
+            f"a clip of {audio.size} samples is shorter than one mel frame "
+            f"(hop_length={cfg.hop_length})"
+        )
     with torch.no_grad():
-        return log_mel(torch.from_numpy(audio).float(), cfg).double().numpy()  # (n_mels, F)
+        return log_mel(torch.from_numpy(audio[:usable]).float(), cfg).double().numpy()
 
 
 def log_mel_l1(reference, degraded, cfg: AudioConfig) -> float:
@@ -173,32 +183,47 @@ def log_mel_l1(reference, degraded, cfg: AudioConfig) -> float:
     return float(np.abs(_log_mel(ref, cfg) - _log_mel(deg, cfg)).mean())
 
 
-def mel_cepstra(log_mel_features: np.ndarray, n_coeffs: int = MCD_COEFFS,
-                log_power: bool = False) -> np.ndarray:
+def mel_cepstra(
+    log_mel_features: np.ndarray, n_coeffs: int = MCD_COEFFS, mel_power: float = MEL_POWER
+) -> np.ndarray:
     """Mel-cepstra c1..c_n (c0 dropped) of a natural-log mel spectrogram, per frame.
 
-    log_mel_features: (n_mels, F) -> (F, n_coeffs). ``log_power=True`` halves the input first,
-    so that the cepstra are those of the log *amplitude*, as the MCD constant assumes.
+    log_mel_features: (n_mels, F) -> (F, n_coeffs). The input is divided by ``mel_power``
+    (1 for a magnitude mel, as :func:`distill.audio.log_mel` computes; 2 for a power mel) so
+    that the cepstra are those of the log *amplitude*, as the MCD constant assumes.
     """
     from scipy.fft import dct
 
-    x = np.asarray(log_mel_features, dtype=np.float64)
-    if log_power:
-        x = x / 2.0
+    x = np.asarray(log_mel_features, dtype=np.float64) / mel_power
     if n_coeffs >= x.shape[0]:
         raise ValueError(f"n_coeffs={n_coeffs} must be smaller than n_mels={x.shape[0]}")
     c = dct(x, type=2, norm="ortho", axis=0)  # (n_mels, F)
     return c[1 : n_coeffs + 1].T
 
 
-def mel_cepstral_distortion(reference, degraded, cfg: AudioConfig,
-                            n_coeffs: int = MCD_COEFFS) -> float:
+def mel_cepstral_distortion(
+    reference, degraded, cfg: AudioConfig, n_coeffs: int = MCD_COEFFS
+) -> float:
     """MCD in dB on c1..c_n of :func:`distill.audio.log_mel`, frame-aligned (no DTW)."""
-    from distill.audio import LOG_MEL_IS_POWER
-
     ref, deg = _pair(reference, degraded)
-    c_ref = mel_cepstra(_log_mel(ref, cfg), n_coeffs, log_power=LOG_MEL_IS_POWER)
-    c_deg = mel_cepstra(_log_mel(deg, cfg), n_coeffs, log_power=LOG_MEL_IS_POWER)
+    return mcd_from_log_mel(_log_mel(ref, cfg), _log_mel(deg, cfg), n_coeffs)
+
+
+def mcd_from_log_mel(
+    log_mel_ref: np.ndarray,
+    log_mel_deg: np.ndarray,
+    n_coeffs: int = MCD_COEFFS,
+    mel_power: float = MEL_POWER,
+) -> float:
+    """MCD (dB) between two aligned (n_mels, F) natural-log mel spectrograms:
+    ``mean_frames 10 / ln 10 * sqrt(2 * sum_{k=1..n} (c_k - c'_k)^2)``."""
+    if np.shape(log_mel_ref) != np.shape(log_mel_deg):
+        raise ValueError(
+            f"log-mels must be frame-aligned with the same shape, found "
+            f"{np.shape(log_mel_ref)} and {np.shape(log_mel_deg)}"
+        )
+    c_ref = mel_cepstra(log_mel_ref, n_coeffs, mel_power)
+    c_deg = mel_cepstra(log_mel_deg, n_coeffs, mel_power)
     return float((_MCD_SCALE * np.sqrt(((c_ref - c_deg) ** 2).sum(axis=1))).mean())
 
 
@@ -208,8 +233,7 @@ def flac_bits_per_sample(audio, sample_rate: int) -> float:
     The clip is quantised to the 16-bit grid first (``round(x * 32768)``, clipped), the same
     grid on which :func:`nll_bits_per_sample` counts a model's bits.
     """
-    x = _as_array(audio, "audio")
-    pcm = np.clip(np.round(x * 32768.0), -32768, 32767).astype(np.int16)
+    pcm = to_int16(_as_array(audio, "audio"))
     buffer = io.BytesIO()
     sf.write(buffer, pcm, sample_rate, format="FLAC", subtype="PCM_16")
     return buffer.getbuffer().nbytes * 8.0 / pcm.size
