@@ -1,0 +1,194 @@
+"""Stage one: the MAF teacher by maximum likelihood on dequantised audio segments.
+
+The loss is the negative log-likelihood in nats per sample of a batch of segments given their
+mel, from one parallel pass per flow layer. It is computed from the stack's per-step
+Gaussians ``p(x_t | x_<t, mel) = N(mu_t, sigma_t^2)`` (the same number as
+:meth:`Teacher.log_prob`, tested) because that form gives the log-scale statistics for free and
+lets the residual ``(x - mu) / sigma`` and the sum over time be taken in float32 even when the
+network runs under bf16 autocast.
+
+Validation (EMA weights, rank 0) scores the first ``val_clips`` clips of the validation split,
+each cut to its first ``val_max_seconds``, dequantised with fixed noise: NLL in nats/sample and
+in bits/sample at 16 bit (``-log2 p(x)/T + 15``), next to the bits/sample FLAC needs for the
+same clips (sample-weighted over clips; computed once). Media: a short cached-generation
+sample from the first clip's mel, as audio and as a mel image under the real one.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from distill.audio import QUANT_STEP, log_mel
+from distill.config import Config
+from distill.data import PreparedCorpus, SegmentDataset
+from distill.errors import DataError
+from distill.metrics import flac_bits_per_sample, nll_bits_per_sample
+from distill.models import Teacher
+from distill.training.loop import Stage, TrainResult
+
+__all__ = ["TeacherStage", "TeacherLikelihood"]
+
+_LOG_2PI = math.log(2 * math.pi)
+
+
+class TeacherLikelihood(nn.Module):
+    """The teacher's log-likelihood as a ``forward`` (what DDP and torch.compile wrap)."""
+
+    def __init__(self, teacher: Teacher):
+        super().__init__()
+        self.teacher = teacher
+
+    def forward(self, audio: torch.Tensor, mel: torch.Tensor):
+        """audio (B, T), mel (B, n_mels, F) -> log p(audio | mel) (B,) nats in float32,
+        per-step log sigma (B, T) in float32 (detached, for statistics)."""
+        mu, log_sigma = self.teacher.gaussian_conditionals(audio, mel)
+        mu, log_sigma = mu.float(), log_sigma.float()
+        z = (audio.float() - mu) * torch.exp(-log_sigma)
+        log_prob = -0.5 * (z.pow(2) + _LOG_2PI).sum(-1) - log_sigma.sum(-1)
+        return log_prob, log_sigma.detach()
+
+
+class TeacherStage(Stage):
+    """Maximum likelihood of the MAF teacher on a prepared corpus."""
+
+    kind = "teacher"
+    best_metric = "val/bits_per_sample"
+    config_sections = ("audio", "teacher", "teacher_training")
+    training_section = "teacher_training"
+
+    def __init__(self, config: Config, data: str | Path | PreparedCorpus):
+        super().__init__(config, config.teacher_training)
+        self.corpus = data if isinstance(data, PreparedCorpus) else PreparedCorpus(data)
+        self.corpus.check_audio_config(config.audio)
+        for split in ("train", "val"):
+            if not self.corpus.items(split):
+                raise DataError(
+                    f"the {split} split of {self.corpus.root} is empty; re-run distill prepare "
+                    "with more audio (or another --val-fraction)"
+                )
+        self.model = Teacher(config)
+        self._likelihood = TeacherLikelihood(self.model)
+        self._val_clips: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] | None = None
+        self._flac_bits: float | None = None
+
+    # --- training -----------------------------------------------------------------------------
+
+    def train_module(self) -> nn.Module:
+        return self._likelihood
+
+    def train_dataset(self) -> SegmentDataset:
+        tc = self.training
+        return SegmentDataset(
+            self.corpus, "train", tc.segment_frames, dequantize=True, seed=tc.seed
+        )
+
+    def train_step(self, module: nn.Module, batch) -> dict[str, torch.Tensor]:
+        audio, mel = batch  # (B, T), (B, n_mels, F)
+        log_prob, log_sigma = module(audio, mel)
+        nll = -log_prob.mean() / audio.shape[-1]  # nats per sample
+        return {
+            "loss": nll,
+            "loss/nll": nll.detach(),
+            "train/bits_per_sample": nll_bits_per_sample(-nll.detach(), 1),
+            "log_scale/mean": log_sigma.mean(),
+            "log_scale/min": log_sigma.min(),
+            "log_scale/max": log_sigma.max(),
+        }
+
+    # --- validation ---------------------------------------------------------------------------
+
+    def validation_clips(self) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """(audio on the 16-bit grid (T,), dequantised audio (T,), mel (n_mels, F)) per clip."""
+        if self._val_clips is None:
+            tc, cfg = self.training, self.config.audio
+            max_frames = max(1, int(tc.val_max_seconds * cfg.sample_rate / cfg.hop_length))
+            gen = torch.Generator().manual_seed(tc.seed)
+            clips = []
+            for entry in self.corpus.items("val")[: tc.val_clips]:
+                audio, mel = self.corpus.load_segment(entry, 0, min(entry.num_frames, max_frames))
+                noisy = audio + torch.rand(audio.shape, generator=gen) * QUANT_STEP
+                clips.append((audio, noisy, mel))
+            self._val_clips = clips
+        return self._val_clips
+
+    def flac_bits(self) -> float:
+        """FLAC's bits/sample on the validation clips, weighted by their lengths."""
+        if self._flac_bits is None:
+            clips = self.validation_clips()
+            sr = self.config.audio.sample_rate
+            bits = sum(flac_bits_per_sample(a, sr) * a.numel() for a, _, _ in clips)
+            self._flac_bits = bits / sum(a.numel() for a, _, _ in clips)
+        return self._flac_bits
+
+    def validate(self, ema_model: nn.Module) -> dict[str, float]:
+        likelihood = TeacherLikelihood(ema_model)
+        total_lp, total_t, ls_sum = 0.0, 0, 0.0
+        for _, noisy, mel in self.validation_clips():
+            lp, log_sigma = likelihood(noisy[None].to(self.device), mel[None].to(self.device))
+            total_lp += float(lp.sum())
+            total_t += noisy.numel()
+            ls_sum += float(log_sigma.sum())
+        bits = float(nll_bits_per_sample(total_lp, total_t))
+        flac = self.flac_bits()
+        return {
+            "val/nll_nats_per_sample": -total_lp / total_t,
+            "val/bits_per_sample": bits,
+            "val/flac_bits_per_sample": flac,
+            "val/bits_below_flac": flac - bits,
+            "val/log_scale_mean": ls_sum / total_t,
+        }
+
+    def log_media(self, writer, ema_model: nn.Module, step: int) -> None:
+        cfg, tc = self.config.audio, self.training
+        audio, _, mel = self.validation_clips()[0]
+        frames = max(1, round(tc.audio_sample_seconds * cfg.sample_rate / cfg.hop_length))
+        frames = min(frames, mel.shape[-1])
+        mel = mel[:, :frames]
+        real = audio[: frames * cfg.hop_length]
+        gen = torch.Generator().manual_seed(tc.seed + 1)
+        noise = torch.randn(1, real.numel(), generator=gen).to(self.device)
+        fake = ema_model.sample(mel[None].to(self.device), noise=noise)[0].float().cpu()
+        fake = fake.nan_to_num(0.0).clamp(-1.0, 1.0)
+        writer.add_audio("audio/teacher_sample", fake, step, sample_rate=cfg.sample_rate)
+        writer.add_audio("audio/real", real, step, sample_rate=cfg.sample_rate)
+        image = _mel_image(mel, log_mel(fake, cfg), math.log(cfg.log_floor))
+        writer.add_image("mel/real_top_generated_bottom", image, step, dataformats="HWC")
+
+    def summary(self, result: TrainResult) -> str:
+        lines = [f"teacher: step {result.step} in {result.out_dir}"]
+        v = result.val
+        if "val/bits_per_sample" in v:
+            lines.append(
+                f"  validation: {v['val/nll_nats_per_sample']:.4f} nats/sample = "
+                f"{v['val/bits_per_sample']:.3f} bits/sample at 16 bit; FLAC "
+                f"{v['val/flac_bits_per_sample']:.3f} bits/sample on the same clips "
+                f"({v['val/bits_below_flac']:+.3f} below FLAC)"
+            )
+        if result.best_value is not None:
+            lines.append(f"  best: {result.best_value:.3f} bits/sample at step {result.best_step}")
+        if result.samples_per_s is not None:
+            lines.append(
+                f"  throughput {result.samples_per_s:,.0f} samples/s, peak memory "
+                f"{result.peak_mem_mb:,.0f} MB, {result.seconds:.0f} s"
+            )
+        if result.bad_steps:
+            lines.append(f"  {result.bad_steps} non-finite steps skipped")
+        return "\n".join(lines)
+
+
+def _mel_image(real: torch.Tensor, fake: torch.Tensor, floor: float):
+    """Two (n_mels, F) log-mels -> an (H, W, 3) image in [0, 1]: real above, generated below,
+    low frequencies at the bottom of each, on one colour scale."""
+    import matplotlib
+
+    top = max(float(real.max()), float(fake.max()))
+    norm = [((m.clamp(min=floor) - floor) / max(top - floor, 1e-6)).flip(0) for m in (real, fake)]
+    gap = torch.ones(1, real.shape[-1])
+    img = torch.cat([norm[0], gap, norm[1]], dim=0)
+    scale = max(1, 256 // img.shape[-1])
+    img = img.repeat_interleave(scale, dim=-1).numpy()
+    return matplotlib.colormaps["magma"](img)[..., :3]
