@@ -1,0 +1,343 @@
+"""Stage-two losses: probability density distillation and spectral losses.
+
+One code path serves the audio models (:class:`distill.models.Student` / ``Teacher`` over
+``(B, T)`` waveforms, conditioned on a mel) and the vector flows (:class:`distill.flows.IAF` /
+``MAF`` over ``(B, D)``, conditioned on a context vector): :class:`DistillationLoss` draws one
+student sample per row, runs the frozen teacher on it in one parallel pass, and returns every
+term as a named tensor with ``total = sum(weights[k] * terms[k])``.
+
+Two estimators of ``KL(q_S || p_T) = E_{x ~ q_S}[log q_S(x) - log p_T(x)]``:
+
+* ``closed_form`` (ClariNet): when every student and teacher layer is autoregressive in the same
+  order, both are Gaussian per step given the past, and the KL is the sum over steps of the
+  Gaussian KL between the student's ``N(M_t, S_t^2)`` and the teacher's ``N(mu_t, sigma_t^2)``,
+  evaluated at one student sample. Same expectation as Monte Carlo (chain rule), lower variance.
+* ``monte_carlo``: ``log q_S(x) - log p_T(x)`` on whole samples; works for any flows.
+
+Units: the ``kl`` term is in nats **per sample** (per dimension for vectors): the sum over
+time divided by ``T``, averaged over the batch, so loss weights do not depend on the segment
+length. KL and log-densities are always computed in float32 (or wider).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from distill.config import DistillLossConfig
+from distill.errors import ConfigError
+from distill.flows import AffineAutoregressive
+from distill.spectral import multi_resolution_stft, stft_magnitude
+
+__all__ = [
+    "ESTIMATORS",
+    "gaussian_kl",
+    "gaussian_log_prob",
+    "closed_form_kl",
+    "monte_carlo_kl",
+    "power_loss",
+    "spectral_loss",
+    "check_estimator",
+    "DistillResult",
+    "DistillationLoss",
+]
+
+ESTIMATORS = ("closed_form", "monte_carlo")
+_LOG_2PI = math.log(2 * math.pi)
+
+
+def _wide(t: torch.Tensor) -> torch.Tensor:
+    """float32 at least: KL sums must not run in half precision."""
+    return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
+
+
+def gaussian_kl(
+    mean_q: torch.Tensor,
+    log_scale_q: torch.Tensor,
+    mean_p: torch.Tensor,
+    log_scale_p: torch.Tensor,
+) -> torch.Tensor:
+    """Elementwise ``KL(N(mean_q, e^{2 log_scale_q}) || N(mean_p, e^{2 log_scale_p}))`` in nats.
+
+    ``log(s_p / s_q) + (s_q^2 + (m_q - m_p)^2) / (2 s_p^2) - 1/2``; all inputs broadcast, the
+    result is float32 (or float64 for float64 inputs) and exactly 0 for equal Gaussians.
+    """
+    mean_q, log_scale_q, mean_p, log_scale_p = map(
+        _wide, (mean_q, log_scale_q, mean_p, log_scale_p)
+    )
+    log_ratio = log_scale_q - log_scale_p
+    # s_q^2 / s_p^2 and (m_q - m_p)^2 / s_p^2 without forming s_p^2 (which underflows near -7).
+    var_ratio = torch.exp(2 * log_ratio)
+    dist = ((mean_q - mean_p) * torch.exp(-log_scale_p)).square()
+    return -log_ratio + 0.5 * (var_ratio + dist) - 0.5
+
+
+def gaussian_log_prob(x: torch.Tensor, mean: torch.Tensor, log_scale: torch.Tensor):
+    """``log N(x; mean, e^{2 log_scale})`` elementwise, float32 or wider."""
+    x, mean, log_scale = map(_wide, (x, mean, log_scale))
+    return -0.5 * (((x - mean) * torch.exp(-log_scale)).square() + _LOG_2PI) - log_scale
+
+
+def closed_form_kl(
+    mean_q: torch.Tensor,
+    log_scale_q: torch.Tensor,
+    mean_p: torch.Tensor,
+    log_scale_p: torch.Tensor,
+    log_sigma_reg: float = 0.0,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-step Gaussian KL summed over the event axis, and ClariNet's regulariser.
+
+    All inputs (B, T). Returns ``kl`` (B,) = ``sum_t gaussian_kl(...)`` and ``reg`` (B,) =
+    ``log_sigma_reg * sum_t (log_scale_p - log_scale_q)^2`` (zeros when the weight is 0).
+    The regulariser (ClariNet, Ping et al. 2019) pulls the two scales together early in
+    training, when the KL's ``1 / sigma^2`` factor makes its gradients large.
+    """
+    kl = gaussian_kl(mean_q, log_scale_q, mean_p, log_scale_p).sum(dim=-1)
+    if log_sigma_reg:
+        diff = _wide(log_scale_p) - _wide(log_scale_q)
+        reg = log_sigma_reg * diff.square().sum(dim=-1)
+    else:
+        reg = torch.zeros_like(kl)
+    return kl, reg
+
+
+def monte_carlo_kl(log_q: torch.Tensor, log_p: torch.Tensor) -> torch.Tensor:
+    """One-sample estimate per row, ``log q_S(x) - log p_T(x)`` (B,), for ``x ~ q_S``."""
+    return _wide(log_q) - _wide(log_p)
+
+
+def power_loss(
+    pred: torch.Tensor, target: torch.Tensor, resolutions: Sequence[Sequence[int]]
+) -> torch.Tensor:
+    """Parallel WaveNet's power loss: ``|| phi(pred) - phi(target) ||^2``, averaged.
+
+    ``phi(x) = |STFT(x)|^2`` averaged over time, per frequency (van den Oord et al. 2018, eq. 4),
+    normalised by the window energy so that a white signal of variance ``v`` has ``phi = v`` in
+    every bin whatever the resolution. The squared difference is averaged over frequency bins,
+    resolutions and the batch. pred, target: (B, T) -> scalar, float32.
+    """
+    total = pred.new_zeros((), dtype=torch.float32)
+    for n_fft, hop_length, win_length in resolutions:
+        energy = torch.hann_window(win_length, dtype=torch.float32).square().sum()
+        phi_pred = stft_magnitude(pred, n_fft, hop_length, win_length).square().mean(-1) / energy
+        phi_true = stft_magnitude(target, n_fft, hop_length, win_length).square().mean(-1) / energy
+        total = total + (phi_pred - phi_true).square().mean()
+    return total / len(resolutions)
+
+
+def spectral_loss(
+    pred: torch.Tensor, target: torch.Tensor, resolutions: Sequence[Sequence[int]]
+) -> dict[str, torch.Tensor]:
+    """Multi-resolution STFT loss (:func:`distill.spectral.multi_resolution_stft`).
+
+    pred, target: (B, T). Returns scalars ``sc``, ``mag`` and ``stft = sc + mag``.
+    """
+    d = multi_resolution_stft(pred, target, resolutions)
+    return {"sc": d["sc"], "mag": d["mag"], "stft": d["sc"] + d["mag"]}
+
+
+# --- which flows the closed form holds for --------------------------------------------------
+
+
+def check_estimator(student, teacher, estimator: str) -> None:
+    """Fail early, with the fix, when ``estimator`` cannot work for this student and teacher.
+
+    The closed form needs every layer of both stacks affine autoregressive in one order (no
+    permutations between layers), IAF layers in the student and MAF layers in the teacher.
+    """
+    if estimator not in ESTIMATORS:
+        raise ConfigError(
+            f"distill.estimator must be one of {', '.join(ESTIMATORS)}, found {estimator!r}"
+        )
+    if estimator != "closed_form":
+        return
+    for name, model, mode in (("student", student, "iaf"), ("teacher", teacher, "maf")):
+        for i, layer in enumerate(model.flow.layers):
+            if not isinstance(layer, AffineAutoregressive):
+                raise ConfigError(
+                    f"distill.estimator=closed_form needs every {name} layer autoregressive in "
+                    f"the same order, but {name} layer {i} is a {type(layer).__name__} "
+                    "(a permutation between layers changes the order); use "
+                    "distill.estimator=monte_carlo, or build the flows with permute=False"
+                )
+            if layer.mode != mode:
+                raise ConfigError(
+                    f"distill.estimator=closed_form needs {mode.upper()} layers in the {name}, "
+                    f"but {name} layer {i} is {layer.mode.upper()}"
+                )
+
+
+# --- the distillation loss --------------------------------------------------------------------
+
+
+@dataclass
+class DistillResult:
+    """What one distillation pass returns.
+
+    ``total`` (scalar, differentiable) = ``sum(weights[k] * terms[k])``. ``terms`` are the
+    differentiable loss terms (scalars, averaged over the batch); ``metrics`` are detached
+    diagnostics (scalars, nats per sample/dimension); ``sample`` is the student's sample
+    (B, T) or (B, D), detached; ``kl_per_row`` (B,) the per-row KL per sample, detached.
+    """
+
+    total: torch.Tensor
+    terms: dict[str, torch.Tensor]
+    weights: dict[str, float]
+    metrics: dict[str, torch.Tensor] = field(default_factory=dict)
+    sample: torch.Tensor | None = None
+    kl_per_row: torch.Tensor | None = None
+
+    def scalars(self, prefix: str = "") -> dict[str, torch.Tensor]:
+        """Flat, detached ``{name: scalar}`` for logging: ``loss``, ``loss/<term>``, metrics."""
+        out = {f"{prefix}loss": self.total.detach()}
+        out.update({f"{prefix}loss/{k}": v.detach() for k, v in self.terms.items()})
+        out.update({f"{prefix}{k}": v for k, v in self.metrics.items()})
+        return out
+
+
+def _is_audio(model) -> bool:
+    """Audio models expose per-step Gaussians themselves; vector flows only via ``.flow``."""
+    return hasattr(model, "hop_length")
+
+
+class DistillationLoss:
+    """KL(student || teacher) by the configured estimator, plus spectral terms against ``real``.
+
+    ``loss(student, teacher, context, real=None, noise=None) -> DistillResult``.
+
+    * audio: ``context`` is the mel (B, n_mels, F); ``real`` the real clip (B, F * hop) for the
+      spectral terms; the sample is (B, F * hop).
+    * vectors: ``context`` is (B, C); ``real`` is ignored (no spectrum); the sample is (B, D).
+
+    ``noise`` (standard normal, the sample's shape) makes the pass deterministic. The teacher
+    should be frozen (eval mode, ``requires_grad_(False)``); gradients still flow through it
+    into the student's sample. Spectral terms whose weight is 0 are computed without gradient,
+    for logging only. ``config.temperature`` scales the student's noise; the KL is then that of
+    the tempered student.
+    """
+
+    def __init__(self, config: DistillLossConfig):
+        if config.estimator not in ESTIMATORS:
+            raise ConfigError(
+                f"distill.estimator must be one of {', '.join(ESTIMATORS)}, "
+                f"found {config.estimator!r}"
+            )
+        if config.temperature <= 0:
+            raise ConfigError(f"distill.temperature must be > 0, found {config.temperature}")
+        for name in ("kl_weight", "log_sigma_reg", "stft_weight", "power_weight"):
+            if getattr(config, name) < 0:
+                raise ConfigError(f"distill.{name} must be >= 0, found {getattr(config, name)}")
+        self.config = config
+
+    @property
+    def weights(self) -> dict[str, float]:
+        c = self.config
+        w = {"kl": c.kl_weight}
+        if c.estimator == "closed_form":
+            w["log_sigma_reg"] = c.kl_weight * c.log_sigma_reg
+        w.update({"stft": c.stft_weight, "power": c.power_weight})
+        return w
+
+    def __call__(self, student, teacher, context, real=None, noise=None) -> DistillResult:
+        c = self.config
+        audio = _is_audio(student)
+        if noise is None:
+            size = context.shape[-1] * student.hop_length if audio else student.features
+            noise = torch.randn(context.shape[0], size, dtype=context.dtype, device=context.device)
+        eps = noise
+        z = eps * c.temperature if c.temperature != 1.0 else eps
+        dims = z.shape[-1]
+
+        terms: dict[str, torch.Tensor] = {}
+        metrics: dict[str, torch.Tensor] = {}
+        if c.estimator == "closed_form":
+            x, log_q, mean_q, log_scale_q = self._student_conditionals(student, context, z, audio)
+            log_q = self._temper(log_q, z, eps)
+            mu, log_sigma = self._teacher_conditionals(teacher, context, x, audio)
+            if c.temperature != 1.0:  # x_t = z_t S_t + M_t with z_t ~ N(0, T^2)
+                log_scale_q = log_scale_q + math.log(c.temperature)
+            # Unit regulariser here; its weight kl_weight * log_sigma_reg is applied in `total`.
+            kl, reg = closed_form_kl(mean_q, log_scale_q, mu, log_sigma, log_sigma_reg=1.0)
+            terms["kl"] = (kl / dims).mean()
+            terms["log_sigma_reg"] = (reg / dims).mean()
+            log_p = gaussian_log_prob(x, mu, log_sigma).sum(-1).detach()
+            metrics["kl/monte_carlo_per_sample"] = ((_wide(log_q).detach() - log_p) / dims).mean()
+        else:
+            x, log_q = self._student_sample(student, context, z, audio)
+            log_q = self._temper(log_q, z, eps)
+            log_p = self._teacher_log_prob(teacher, context, x, audio)
+            kl = monte_carlo_kl(log_q, log_p)
+            terms["kl"] = (kl / dims).mean()
+            log_p = log_p.detach()
+
+        if audio and real is not None:
+            for name, weight, fn in (
+                ("stft", c.stft_weight, self._stft_terms),
+                ("power", c.power_weight, self._power_term),
+            ):
+                with torch.set_grad_enabled(torch.is_grad_enabled() and weight > 0):
+                    out = fn(x, real)
+                terms[name] = out.pop(name)
+                metrics.update(out)
+
+        weights = {k: w for k, w in self.weights.items() if k in terms}
+        total = sum(w * terms[k] for k, w in weights.items() if w)
+        if not torch.is_tensor(total):  # every weight 0: a zero that still backpropagates
+            total = terms["kl"] * 0.0
+        kl_per_row = (kl / dims).detach()
+        metrics["kl/per_sample"] = kl_per_row.mean()
+        metrics["student/entropy_per_sample"] = (-_wide(log_q).detach() / dims).mean()
+        metrics["teacher/nll_per_sample"] = (-log_p / dims).mean()
+        return DistillResult(total, terms, weights, metrics, x.detach(), kl_per_row)
+
+    # --- adapters: audio models vs vector flows ---------------------------------------------
+
+    def _temper(self, log_q: torch.Tensor, z: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+        """The models return ``log N(z; 0, I) - log|det|``; the tempered student, whose noise is
+        ``z = T * eps``, has ``log q_T(x) = log N(eps; 0, I) - D log T - log|det|``."""
+        t = self.config.temperature
+        if t == 1.0:
+            return log_q
+        correction = 0.5 * (_wide(z).square() - _wide(eps).square()).sum(-1)
+        return _wide(log_q) + correction - z.shape[-1] * math.log(t)
+
+    @staticmethod
+    def _student_sample(student, context, z, audio):
+        if audio:
+            return student.sample(context, temperature=1.0, noise=z)
+        return student.flow.sample_with_log_prob(z, context)
+
+    @staticmethod
+    def _student_conditionals(student, context, z, audio):
+        try:
+            if audio:
+                return student.sample_with_conditionals(context, noise=z, temperature=1.0)
+            return student.flow.sample_with_conditionals(z, context)
+        except ConfigError as err:
+            raise ConfigError(
+                f"student incompatible with distill.estimator=closed_form: {err}"
+            ) from err
+
+    @staticmethod
+    def _teacher_log_prob(teacher, context, x, audio):
+        return teacher.log_prob(x, context)
+
+    @staticmethod
+    def _teacher_conditionals(teacher, context, x, audio):
+        try:
+            if audio:
+                return teacher.gaussian_conditionals(x, context)
+            return teacher.flow.gaussian_conditionals(x, context)
+        except ConfigError as err:
+            raise ConfigError(
+                f"teacher incompatible with distill.estimator=closed_form: {err}"
+            ) from err
+
+    def _stft_terms(self, x, real):
+        return spectral_loss(x, real.to(x.dtype), self.config.stft_resolutions)
+
+    def _power_term(self, x, real):
+        return {"power": power_loss(x, real.to(x.dtype), self.config.stft_resolutions)}
