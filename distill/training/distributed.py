@@ -31,6 +31,7 @@ __all__ = [
     "wrap_ddp",
     "barrier",
     "all_true",
+    "from_main",
     "all_gather_objects",
     "ShardedBatches",
 ]
@@ -116,6 +117,15 @@ def all_true(flag: bool, ctx: DistContext) -> bool:
         return flag
     t = torch.tensor([1.0 if flag else 0.0], device=ctx.device)
     dist.all_reduce(t, op=dist.ReduceOp.MIN)
+    return bool(t.item() > 0.5)
+
+
+def from_main(flag: bool, ctx: DistContext) -> bool:
+    """Rank 0's ``flag`` on every rank (e.g. "validation improved": only rank 0 knows)."""
+    if not ctx.distributed:
+        return flag
+    t = torch.tensor([1.0 if flag else 0.0], device=ctx.device)
+    dist.broadcast(t, src=0)
     return bool(t.item() > 0.5)
 
 

@@ -538,7 +538,7 @@ def train(
                     writer.add_scalar(k, v, step)
                 stage.log_media(writer, ema, step)
             writer.flush()
-        if improved:
+        if distributed.from_main(improved, ctx):  # save() is collective (it gathers RNGs)
             save("best.pt", last_val)
 
     last_val: dict[str, float] = {}
