@@ -34,6 +34,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--device", default=None, help="cpu or cuda (default: cuda:LOCAL_RANK if available)"
     )
+    parser.add_argument(
+        "--stop-at",
+        type=int,
+        default=None,
+        metavar="STEP",
+        help="stop (after saving) at this step, keeping the full run's schedule; re-run to go on",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no tqdm progress bar")
 
 
@@ -45,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         seed_everything(cfg.teacher_training.seed)  # identical initial weights on every rank
         stage = TeacherStage(cfg, args.data)
-        result = train(stage, args.out, ctx, progress=not args.no_progress)
+        result = train(stage, args.out, ctx, progress=not args.no_progress, stop_at=args.stop_at)
         if ctx.is_main:
             print(stage.summary(result))
     finally:

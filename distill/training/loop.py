@@ -406,8 +406,13 @@ def train(
     out_dir: str | Path,
     ctx: DistContext | None = None,
     progress: bool = True,
+    stop_at: int | None = None,
 ) -> TrainResult:
-    """Train ``stage`` to ``stage.training.steps`` steps in ``out_dir``; resume if possible."""
+    """Train ``stage`` to ``stage.training.steps`` steps in ``out_dir``; resume if possible.
+
+    ``stop_at``: end this invocation at that step (validating and saving there) while keeping
+    the learning-rate schedule of the whole run, e.g. to train in fixed-length chunks.
+    """
     ctx = ctx or DistContext()
     tc = stage.training
     section = stage.training_section or "training"
@@ -454,13 +459,15 @@ def train(
     start_step = step
 
     result = TrainResult(step, start_step, best_value, best_step, bad_steps=bad_total, out_dir=out)
-    if step >= tc.steps:
+    end = tc.steps if stop_at is None else min(tc.steps, stop_at)
+    if step >= end:
         if ctx.is_main:
             print(
-                f"{out / 'latest.pt'} is already at step {step} >= {section}.steps={tc.steps}; "
-                f"nothing to do (raise {section}.steps to train further)",
+                f"{out / 'latest.pt'} is already at step {step} >= {end}; nothing to do "
+                f"(raise {section}.steps to train further)",
                 file=sys.stderr,
             )
+        result.val = dict(resume.get("val") or {}) if resume is not None else {}
         return result
 
     module = stage.train_module()
@@ -549,7 +556,7 @@ def train(
     t_mark = t_start
     rate = None
     try:
-        while step < tc.steps:
+        while step < end:
             batch = _to_device(_next_batch(data_state), device)
             lr = lr_at(step, tc)
             for group in optimizer.param_groups:
@@ -597,7 +604,7 @@ def train(
             meter.add(logged)
             meter.samples += stage.batch_samples(batch) * ctx.world_size
 
-            if step % tc.log_every == 0 or step == tc.steps:
+            if step % tc.log_every == 0 or step == end:
                 now = time.perf_counter()
                 meter.seconds += now - t_mark
                 t_mark = now
@@ -625,10 +632,10 @@ def train(
                 bar.set_postfix(post, refresh=False)
 
             paused = time.perf_counter()
-            if step % tc.val_every == 0 or step == tc.steps:
+            if step % tc.val_every == 0 or step == end:
                 validate()
                 distributed.barrier(ctx)
-            if step % tc.save_every == 0 or step == tc.steps:
+            if step % tc.save_every == 0 or step == end:
                 save("latest.pt")
                 distributed.barrier(ctx)
             t_mark += time.perf_counter() - paused  # throughput counts training time only
