@@ -21,6 +21,16 @@ CFG = AudioConfig(sample_rate=SR)
 NOISE_LEVELS = (0.002, 0.01, 0.05)
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Short FFTs gain nothing from two threads, and OpenMP spin-waits cost much CPU time when
+    other jobs share the cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def speech_like(seconds: float, sr: int = SR, seed: int = 0) -> np.ndarray:
     """A voiced, syllable-modulated pulse train through three formant resonators.
 
