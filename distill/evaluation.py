@@ -88,13 +88,8 @@ class EvaluationOptions:
     seed: int = 0
     chunk_seconds: float = 8.0  # longest piece the teacher's density pass sees at once
     device: str | None = None  # None: CUDA when available, else CPU
+    dtype: str | None = None  # Synthesizer dtype for copy-synthesis and speed (None: float32)
     tensorboard_dir: str | None = None
-
-
-def _device(name: str | None) -> torch.device:
-    if name is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def _device_name(device: torch.device) -> str:
@@ -285,6 +280,7 @@ def evaluate(
     from tqdm import tqdm
 
     from distill.data import PreparedCorpus
+    from distill.inference import Synthesizer, resolve_device
     from distill.losses import gaussian_kl, gaussian_log_prob
 
     options = options or EvaluationOptions()
@@ -299,8 +295,9 @@ def evaluate(
             "corpus with a validation fraction (distill prepare --val-fraction ...) or pick "
             "another --split"
         )
-    device = _device(options.device)
+    device = resolve_device(options.device)
     student, teacher = _load_models(student_path, teacher_path, corpus, device)
+    synth = Synthesizer.from_checkpoint(student_path, device=device, dtype=options.dtype)
     cfg = student.audio_config
     sr = cfg.sample_rate
     chunk = _chunk_frames(cfg, options.chunk_seconds)
@@ -333,18 +330,18 @@ def evaluate(
             row["kl_monte_carlo_nats_per_sample"] = (float(log_q[0]) - log_p) / T
             row["teacher_bits_per_sample_of_student"] = metrics.nll_bits_per_sample(log_p, T)
 
-        # copy-synthesis, timed: the student's one parallel pass over the whole clip
-        noise = _noise(T, seed, device)
+        # copy-synthesis, timed: the deployable Synthesizer, one parallel pass over the clip,
+        # mel in from the CPU and audio back to it, as `distill synthesize` runs it
         if i == 0:
-            student.sample(mel_d[None], temperature=options.temperature, noise=noise)  # warm-up
+            synth.synthesize(mel, temperature=options.temperature, seed=seed)  # warm-up
         _sync(device)
         start = time.perf_counter()
-        x_student, _ = student.sample(mel_d[None], temperature=options.temperature, noise=noise)
+        x_student = synth.synthesize(mel, temperature=options.temperature, seed=seed)
         _sync(device)
         synth_seconds += time.perf_counter() - start
         audio_seconds += T / sr
         ref = audio.numpy()
-        systems = {"student": x_student[0].float().cpu().clamp(-1, 1).numpy()}
+        systems = {"student": x_student.float().clamp(-1, 1).numpy()}
         for n_iter in options.griffin_lim_iters:
             systems[f"griffin_lim_{n_iter}"] = griffin_lim(mel, cfg, n_iter, seed=seed)
         row["quality"] = {}
@@ -374,6 +371,7 @@ def evaluate(
         },
         "speed": {
             "device": _device_name(device),
+            "dtype": str(synth.dtype).removeprefix("torch."),
             "student_real_time_factor": metrics.real_time_factor(synth_seconds, audio_seconds),
             "student_seconds": synth_seconds,
             "audio_seconds": audio_seconds,
@@ -508,8 +506,8 @@ def format_tables(result: dict) -> str:
     lines += [
         "",
         f"Student real-time factor: {speed['student_real_time_factor']:.4f} "
-        f"({1 / max(speed['student_real_time_factor'], 1e-12):.1f}x real time) on "
-        f"{speed['device']}.",
+        f"({1 / max(speed['student_real_time_factor'], 1e-12):.1f}x real time) in "
+        f"{speed['dtype']} on {speed['device']}.",
     ]
     if "short_clip" in result:
         short = result["short_clip"]
@@ -566,8 +564,10 @@ one student sample (temperature 1) per clip, divided by its length and averaged 
 the Monte Carlo row, `(log q(x) - log p(x)) / T` at the same sample, estimates the same
 quantity.
 
-Speed: the student's one parallel pass per whole clip (after one warm-up pass), float32, on
-{result["speed"]["device"]}; real-time factor = compute time / audio duration.
+Speed: `Synthesizer.synthesize` (the student alone, one parallel pass per whole clip, mel
+from and audio back to the CPU, after one warm-up pass) in {result["speed"]["dtype"]} on
+{result["speed"]["device"]}; real-time factor = compute time / audio duration. The student's
+copy-synthesis audio above is this output.
 
 Metrics that could not be computed:
 {undefined_text}

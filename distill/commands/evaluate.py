@@ -50,6 +50,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="length of the clip the teacher generates sample by sample (default: %(default)s)",
     )
     parser.add_argument("--seed", type=int, default=0, help="noise seed (default: %(default)s)")
+    parser.add_argument(
+        "--dtype",
+        default=None,
+        help="student dtype for copy-synthesis and speed: float32 (default), bfloat16, float16",
+    )
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: CUDA if any)")
     parser.add_argument(
         "--tensorboard",
@@ -78,6 +83,7 @@ def run(args: argparse.Namespace) -> int:
         teacher_clip_seconds=args.teacher_seconds,
         seed=args.seed,
         device=args.device,
+        dtype=args.dtype,
         tensorboard_dir=args.tensorboard,
     )
     result = evaluate(args.student, args.data, args.out, teacher_path=args.teacher, options=options)

@@ -25,10 +25,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from distill.errors import AudioError
-    from distill.evaluation import _device, score_file
+    from distill.evaluation import score_file
+    from distill.inference import resolve_device
     from distill.models import Teacher
 
-    teacher = Teacher.from_checkpoint(args.teacher, device=_device(args.device))
+    teacher = Teacher.from_checkpoint(args.teacher, device=resolve_device(args.device))
     rows, failed = [], 0
     for path in args.files:
         try:
