@@ -264,6 +264,8 @@ class DistillationLoss:
             terms["kl"] = (kl / dims).mean()
             terms["log_sigma_reg"] = (reg / dims).mean()
             log_p = gaussian_log_prob(x, mu, log_sigma).sum(-1).detach()
+            metrics["student/log_scale_mean"] = _wide(log_scale_q).detach().mean()
+            metrics["teacher/log_sigma_mean"] = _wide(log_sigma).detach().mean()
             metrics["kl/monte_carlo_per_sample"] = ((_wide(log_q).detach() - log_p) / dims).mean()
         else:
             x, log_q = self._student_sample(student, context, z, audio)
@@ -281,7 +283,7 @@ class DistillationLoss:
                 with torch.set_grad_enabled(torch.is_grad_enabled() and weight > 0):
                     out = fn(x, real)
                 terms[name] = out.pop(name)
-                metrics.update(out)
+                metrics.update({f"{name}/{k}": v.detach() for k, v in out.items()})
 
         weights = {k: w for k, w in self.weights.items() if k in terms}
         total = sum(w * terms[k] for k, w in weights.items() if w)

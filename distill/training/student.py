@@ -1,0 +1,285 @@
+"""Stage two: distil the IAF student from the frozen MAF teacher.
+
+Each step draws one student sample per training segment (noise -> audio in one parallel pass),
+runs the frozen teacher on it in one parallel pass, and minimises
+``sum(weights[k] * terms[k])`` over the terms of :class:`distill.losses.DistillationLoss`:
+the KL in nats per sample (closed form or Monte Carlo, ``distill.estimator``), ClariNet's
+log-scale regulariser (closed form), and the multi-resolution STFT and power losses against
+the real segment for the same mel. Gradients flow through the teacher into the student's
+sample; the teacher's own weights never change (eval mode, ``requires_grad=False``, not in the
+optimizer, no EMA) and it is never saved again: the student checkpoint records where it came
+from (``teacher`` entry) and carries the teacher's config section for the record.
+
+Validation (EMA student, rank 0) synthesises the first ``val_clips`` validation clips, each cut
+to its first ``val_max_seconds``, from fixed noise, and reports (all weighted by clip length):
+
+- ``val/kl_per_sample``: the configured KL estimator, nats per sample;
+- ``val/student_entropy_per_sample``: ``-log q_S(x) / T`` of the student's own samples;
+- ``val/teacher_bits_per_sample_student`` vs ``val/teacher_bits_per_sample_real``: the teacher's
+  bits/sample at 16 bit (``-log2 p(x)/T + 15``) of the student's samples and of the real
+  (dequantised) clips;
+- ``val/stft``, ``val/stft_sc``, ``val/stft_mag``: multi-resolution STFT distance of the
+  student's audio to the real audio for the same mel; ``val/power``: the power loss;
+- ``val/objective`` = ``kl_weight * kl + stft_weight * stft + power_weight * power``: the
+  training objective without the regulariser (a training aid, not a goal). ``best.pt`` keeps
+  the lowest; with ``stft_weight = power_weight = 0`` it is the validation KL.
+
+Media after each validation: a student sample next to the real clip, and their mel images.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from distill.audio import QUANT_STEP, log_mel
+from distill.checkpoint import check_audio_config, load_checkpoint, model_from_checkpoint
+from distill.config import Config
+from distill.data import PreparedCorpus, SegmentDataset
+from distill.errors import ConfigError, DataError
+from distill.losses import DistillationLoss, check_estimator
+from distill.metrics import nll_bits_per_sample
+from distill.models import Student, Teacher
+from distill.training.loop import Stage, TrainResult
+from distill.training.teacher import _mel_image
+
+__all__ = ["DistillObjective", "StudentStage", "init_student", "load_frozen_teacher"]
+
+_LN2 = math.log(2.0)
+
+
+def load_frozen_teacher(path: str | Path, audio_config=None, what: str = "the student config"):
+    """Teacher from its checkpoint alone (EMA weights), frozen; its checkpoint data too.
+
+    A missing file, a student checkpoint, or a feature config other than ``audio_config`` is a
+    :class:`~distill.errors.CheckpointError` naming both values.
+    """
+    data = load_checkpoint(path, "teacher")
+    if audio_config is not None:
+        check_audio_config(data["config"].audio, audio_config, f"teacher checkpoint {path}", what)
+    teacher = model_from_checkpoint(path, "teacher")
+    return teacher.eval().requires_grad_(False), data
+
+
+def init_student(config: Config, teacher: Teacher) -> Student:
+    """A fresh student; its mel upsampler copied from the teacher's when the config says so."""
+    student = Student(config)
+    if config.distill.init_upsampler_from_teacher:
+        ours, theirs = student.upsampler.state_dict(), teacher.upsampler.state_dict()
+        mismatch = [k for k in ours if ours[k].shape != theirs[k].shape]
+        if mismatch:
+            t, s = teacher.config.teacher, config.student
+            raise ConfigError(
+                "distill.init_upsampler_from_teacher=true needs the student's upsampler shaped "
+                f"like the teacher's: student.upsampler_channels={s.upsampler_channels}, "
+                f"upsampler_kernel={s.upsampler_kernel} vs the teacher's "
+                f"{t.upsampler_channels}, {t.upsampler_kernel}; make them equal or set "
+                "distill.init_upsampler_from_teacher=false"
+            )
+        student.upsampler.load_state_dict(theirs)
+    return student
+
+
+class DistillObjective(nn.Module):
+    """The distillation loss as a ``forward`` (what DDP and torch.compile wrap).
+
+    The frozen teacher is a submodule (so it moves with ``.to``) but stays in eval mode.
+    """
+
+    def __init__(self, student: Student, teacher: Teacher, loss: DistillationLoss):
+        super().__init__()
+        self.student = student
+        self.teacher = teacher.eval().requires_grad_(False)
+        self.loss = loss
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.teacher.eval()
+        return self
+
+    def forward(self, audio: torch.Tensor, mel: torch.Tensor) -> dict[str, torch.Tensor]:
+        """audio (B, T) real segments, mel (B, n_mels, F) -> ``{"loss": total, name: scalar}``.
+
+        Named terms: ``loss/<term>`` (kl, log_sigma_reg, stft, power), ``kl/per_sample``,
+        ``stft/sc``, ``stft/mag``, ``student/entropy_per_sample``,
+        ``teacher/bits_per_sample_student`` and, closed form, the mean log-scales of both.
+        """
+        result = self.loss(self.student, self.teacher, mel, real=audio)
+        out = result.scalars()
+        out["loss"] = result.total  # scalars() detaches; the loop backpropagates this one
+        nll = out.pop("teacher/nll_per_sample")
+        out["teacher/bits_per_sample_student"] = nll / _LN2 + 15.0
+        return out
+
+
+class StudentStage(Stage):
+    """Probability density distillation of the IAF student on a prepared corpus."""
+
+    kind = "student"
+    best_metric = "val/objective"
+    config_sections = ("audio", "student", "student_training", "distill")
+    training_section = "student_training"
+
+    def __init__(self, config: Config, teacher: str | Path, data: str | Path | PreparedCorpus):
+        self.teacher_path = Path(teacher)
+        frozen, tdata = load_frozen_teacher(
+            self.teacher_path, config.audio, "the student config (--config and overrides)"
+        )
+        self.corpus = data if isinstance(data, PreparedCorpus) else PreparedCorpus(data)
+        check_audio_config(
+            tdata["config"].audio,
+            self.corpus.audio_config,
+            f"teacher checkpoint {self.teacher_path}",
+            f"prepared folder {self.corpus.root}",
+        )
+        for split in ("train", "val"):
+            if not self.corpus.items(split):
+                raise DataError(
+                    f"the {split} split of {self.corpus.root} is empty; re-run distill prepare "
+                    "with more audio (or another --val-fraction)"
+                )
+        # The student's checkpoint carries the teacher's section, for the record.
+        config = dataclasses.replace(config, teacher=tdata["config"].teacher)
+        super().__init__(config, config.student_training)
+        self.teacher = frozen
+        self.teacher_step = int(tdata.get("step", -1))
+        self.model = init_student(config, frozen)
+        check_estimator(self.model, frozen, config.distill.estimator)
+        self.loss = DistillationLoss(config.distill)
+        self.objective = DistillObjective(self.model, frozen, self.loss)
+        self._val_clips: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] | None = None
+        self._real_bits: float | None = None
+
+    # --- training -----------------------------------------------------------------------------
+
+    def setup(self, device: torch.device) -> None:
+        super().setup(device)
+        self.teacher.to(device)
+
+    def train_module(self) -> nn.Module:
+        return self.objective
+
+    def train_dataset(self) -> SegmentDataset:
+        tc = self.training
+        return SegmentDataset(
+            self.corpus, "train", tc.segment_frames, dequantize=False, seed=tc.seed
+        )
+
+    def train_step(self, module: nn.Module, batch) -> dict[str, torch.Tensor]:
+        audio, mel = batch  # (B, T), (B, n_mels, F)
+        return module(audio, mel)
+
+    def checkpoint_extra(self) -> dict[str, Any]:
+        return {"teacher": {"path": str(self.teacher_path), "step": self.teacher_step}}
+
+    # --- validation ---------------------------------------------------------------------------
+
+    def validation_clips(self) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """(real audio (T,), fixed noise (T,), mel (n_mels, F)) for each validation clip."""
+        if self._val_clips is None:
+            tc, cfg = self.training, self.config.audio
+            max_frames = max(1, int(tc.val_max_seconds * cfg.sample_rate / cfg.hop_length))
+            gen = torch.Generator().manual_seed(tc.seed)
+            clips = []
+            for entry in self.corpus.items("val")[: tc.val_clips]:
+                audio, mel = self.corpus.load_segment(entry, 0, min(entry.num_frames, max_frames))
+                clips.append((audio, torch.randn(audio.shape, generator=gen), mel))
+            self._val_clips = clips
+        return self._val_clips
+
+    def real_bits(self) -> float:
+        """Teacher bits/sample of the real (dequantised) validation clips; computed once."""
+        if self._real_bits is None:
+            gen = torch.Generator().manual_seed(self.training.seed + 2)
+            total_lp, total_t = 0.0, 0
+            for audio, _, mel in self.validation_clips():
+                noisy = audio + torch.rand(audio.shape, generator=gen) * QUANT_STEP
+                lp = self.teacher.log_prob(noisy[None].to(self.device), mel[None].to(self.device))
+                total_lp += float(lp.sum())
+                total_t += audio.numel()
+            self._real_bits = float(nll_bits_per_sample(total_lp, total_t))
+        return self._real_bits
+
+    def validate(self, ema_model: nn.Module) -> dict[str, float]:
+        sums: dict[str, float] = {}
+        total_t = 0
+        for audio, noise, mel in self.validation_clips():
+            res = self.loss(
+                ema_model,
+                self.teacher,
+                mel[None].to(self.device),
+                real=audio[None].to(self.device),
+                noise=noise[None].to(self.device),
+            )
+            t = audio.numel()
+            m = res.metrics
+            for key, value in (
+                ("kl_per_sample", m["kl/per_sample"]),
+                ("student_entropy_per_sample", m["student/entropy_per_sample"]),
+                ("teacher_nll", m["teacher/nll_per_sample"]),
+                ("stft", res.terms["stft"]),
+                ("stft_sc", m["stft/sc"]),
+                ("stft_mag", m["stft/mag"]),
+                ("power", res.terms["power"]),
+            ):
+                sums[key] = sums.get(key, 0.0) + float(value) * t
+            total_t += t
+        val = {f"val/{k}": v / total_t for k, v in sums.items()}
+        nll = val.pop("val/teacher_nll")
+        val["val/teacher_bits_per_sample_student"] = nll / _LN2 + 15.0
+        val["val/teacher_bits_per_sample_real"] = self.real_bits()
+        c = self.config.distill
+        val["val/objective"] = (
+            c.kl_weight * val["val/kl_per_sample"]
+            + c.stft_weight * val["val/stft"]
+            + c.power_weight * val["val/power"]
+        )
+        return val
+
+    def log_media(self, writer, ema_model: nn.Module, step: int) -> None:
+        cfg, tc = self.config.audio, self.training
+        audio, noise, mel = self.validation_clips()[0]
+        frames = max(1, round(tc.audio_sample_seconds * cfg.sample_rate / cfg.hop_length))
+        frames = min(frames, mel.shape[-1])
+        samples = frames * cfg.hop_length
+        mel, real, noise = mel[:, :frames], audio[:samples], noise[:samples]
+        fake, _ = ema_model.sample(
+            mel[None].to(self.device),
+            temperature=self.config.distill.temperature,
+            noise=noise[None].to(self.device),
+        )
+        fake = fake[0].float().cpu().nan_to_num(0.0).clamp(-1.0, 1.0)
+        writer.add_audio("audio/student_sample", fake, step, sample_rate=cfg.sample_rate)
+        writer.add_audio("audio/real", real, step, sample_rate=cfg.sample_rate)
+        image = _mel_image(mel, log_mel(fake, cfg), math.log(cfg.log_floor))
+        writer.add_image("mel/real_top_student_bottom", image, step, dataformats="HWC")
+
+    def summary(self, result: TrainResult) -> str:
+        lines = [f"student: step {result.step} in {result.out_dir} (teacher {self.teacher_path})"]
+        v = result.val
+        if "val/kl_per_sample" in v:
+            lines.append(
+                f"  validation: KL {v['val/kl_per_sample']:.4f} nats/sample, student entropy "
+                f"{v['val/student_entropy_per_sample']:.3f} nats/sample; teacher bits/sample of "
+                f"student samples {v['val/teacher_bits_per_sample_student']:.3f} vs real audio "
+                f"{v['val/teacher_bits_per_sample_real']:.3f}; MR-STFT distance to the real "
+                f"audio {v['val/stft']:.3f} (sc {v['val/stft_sc']:.3f} + log-mag "
+                f"{v['val/stft_mag']:.3f})"
+            )
+        if result.best_value is not None:
+            lines.append(
+                f"  best: {self.best_metric} {result.best_value:.4f} at step {result.best_step}"
+            )
+        if result.samples_per_s is not None:
+            lines.append(
+                f"  throughput {result.samples_per_s:,.0f} samples/s, peak memory "
+                f"{result.peak_mem_mb:,.0f} MB, {result.seconds:.0f} s"
+            )
+        if result.bad_steps:
+            lines.append(f"  {result.bad_steps} non-finite steps skipped")
+        return "\n".join(lines)
