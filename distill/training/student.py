@@ -41,7 +41,7 @@ from distill.audio import QUANT_STEP, log_mel
 from distill.checkpoint import check_audio_config, load_checkpoint, model_from_checkpoint
 from distill.config import Config
 from distill.data import PreparedCorpus, SegmentDataset
-from distill.errors import ConfigError, DataError
+from distill.errors import CheckpointError, ConfigError, DataError
 from distill.losses import DistillationLoss, check_estimator
 from distill.metrics import nll_bits_per_sample
 from distill.models import Student, Teacher
@@ -59,6 +59,11 @@ def load_frozen_teacher(path: str | Path, audio_config=None, what: str = "the st
     A missing file, a student checkpoint, or a feature config other than ``audio_config`` is a
     :class:`~distill.errors.CheckpointError` naming both values.
     """
+    if not Path(path).is_file():
+        raise CheckpointError(
+            f"teacher checkpoint {path} does not exist; train the teacher first "
+            "(bash recipes/train_teacher.sh) or pass --teacher with the path of its best.pt"
+        )
     data = load_checkpoint(path, "teacher")
     if audio_config is not None:
         check_audio_config(data["config"].audio, audio_config, f"teacher checkpoint {path}", what)
