@@ -1,0 +1,247 @@
+"""Generation speed: student one pass vs teacher cached vs teacher naive, same mel, same run.
+
+* **student**: :meth:`Synthesizer.synthesize`, the deployable path (noise drawn, mel encoded,
+  one parallel pass through every flow).
+* **teacher cached**: :meth:`Teacher.sample`, one sample at a time with per-layer ring buffers.
+* **teacher naive**: :meth:`Teacher.sample` with ``naive=True``, which recomputes the whole
+  receptive-field window at every step. That costs seconds per thousand samples, so it runs on
+  a short clip of ``receptive field + naive_samples`` samples, and its steady-state cost per
+  sample (the mean time between steps once the window is full) is extrapolated to the length of
+  the others; the report says so.
+
+Each path is warmed up first, then timed ``repeats`` times; the fastest run counts. Models built
+from a config are randomly initialised: speed does not depend on training.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass
+
+import torch
+
+from distill.checkpoint import check_audio_config, load_checkpoint, model_from_checkpoint
+from distill.config import Config, load_config
+from distill.errors import ConfigError
+from distill.inference import Synthesizer, block_noise, resolve_device, resolve_dtype
+from distill.models import Student, Teacher
+
+__all__ = ["BenchResult", "benchmark", "build_models", "format_result"]
+
+
+@dataclass
+class BenchResult:
+    student_samples_per_s: float
+    teacher_cached_samples_per_s: float
+    teacher_naive_samples_per_s: float
+    device: str
+    dtype: str
+    batch: int
+    seconds: float
+    sample_rate: int
+    samples: int  # per item, for student and cached teacher
+    naive_timed_samples: int  # per item, the clip naive generation actually ran on
+    naive_extrapolated: bool
+    threads: int
+    student_receptive_field: int
+    teacher_receptive_field: int
+    source: str  # "checkpoints" or "random init from CONFIG"
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def build_models(
+    teacher_path: str | None, student_path: str | None, config_path: str | None
+) -> tuple[Teacher, Student, str]:
+    """Teacher and student from checkpoints where given, else randomly initialised from a config
+    (``--config``, or the config inside whichever checkpoint was given)."""
+    config: Config | None = None
+    if config_path is not None:
+        config = load_config(config_path)
+    elif teacher_path or student_path:
+        config = load_checkpoint(teacher_path or student_path)["config"]
+    else:
+        raise ConfigError(
+            "give --config (e.g. recipes/configs/demo.yaml) or --teacher/--student checkpoints"
+        )
+    torch.manual_seed(0)
+    teacher = (
+        model_from_checkpoint(teacher_path, "teacher") if teacher_path else Teacher(config).eval()
+    )
+    student = (
+        model_from_checkpoint(student_path, "student") if student_path else Student(config).eval()
+    )
+    check_audio_config(
+        teacher.audio_config,
+        student.audio_config,
+        teacher_path or "the config",
+        student_path or "the config",
+    )
+    parts = [p for p in (teacher_path, student_path) if p]
+    source = "checkpoints " + ", ".join(parts) if parts else ""
+    if len(parts) < 2:
+        source = (source + "; " if source else "") + f"random init from {config_path or parts[0]}"
+    return teacher, student, source
+
+
+def _bench_mel(batch: int, frames: int, n_mels: int) -> torch.Tensor:
+    """A fixed speech-level log-mel (B, n_mels, F): values do not change the cost."""
+    gen = torch.Generator().manual_seed(1234)
+    return torch.randn(batch, n_mels, frames, generator=gen) * 1.5 - 5.0
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _best(fn, repeats: int, device: torch.device) -> float:
+    times = []
+    for _ in range(repeats):
+        _sync(device)
+        start = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+class _StepClock:
+    """Wraps a conditioner's ``naive_step`` to record when each step starts."""
+
+    def __init__(self, conditioner, device: torch.device):
+        self.conditioner, self.device = conditioner, device
+        self.inner = conditioner.naive_step
+        self.stamps: list[float] = []
+
+    def __call__(self, u, c, t):
+        _sync(self.device)
+        self.stamps.append(time.perf_counter())
+        return self.inner(u, c, t)
+
+    def __enter__(self):
+        self.conditioner.naive_step = self
+        return self
+
+    def __exit__(self, *exc):
+        del self.conditioner.naive_step
+
+
+def benchmark(
+    teacher: Teacher,
+    student: Student,
+    seconds: float,
+    batch: int = 1,
+    device=None,
+    dtype=None,
+    repeats: int = 3,
+    naive_samples: int = 256,
+    source: str = "",
+) -> BenchResult:
+    """Time the three generation paths on the same mel; see the module docstring."""
+    if seconds <= 0:
+        raise ConfigError(f"--seconds must be positive, found {seconds}")
+    if batch < 1:
+        raise ConfigError(f"--batch must be >= 1, found {batch}")
+    device, dtype = resolve_device(device), resolve_dtype(dtype)
+    cfg = student.audio_config
+    hop, sr = cfg.hop_length, cfg.sample_rate
+    frames = max(1, round(seconds * sr / hop))
+    samples = frames * hop
+    mel = _bench_mel(batch, frames, cfg.n_mels)
+
+    syn = Synthesizer(student, device=device, dtype=dtype)
+    syn.synthesize(mel[:, :, : min(frames, 4)], seed=0)  # warm-up
+    syn.synthesize(mel, seed=0)
+    student_time = _best(lambda: syn.synthesize(mel, seed=0), repeats, device)
+
+    teacher = teacher.to(device=device, dtype=dtype).eval()
+    mel_d = mel.to(device=device, dtype=dtype)
+    noise = torch.stack([block_noise(0, i, 0, samples, device) for i in range(batch)]).to(dtype)
+    with torch.inference_mode():
+        teacher.sample(mel_d[:, :, :1], noise=noise[:, :hop])  # warm-up
+        cached_time = _best(
+            lambda: teacher.sample(mel_d, noise=noise), max(1, min(repeats, 2)), device
+        )
+
+        # naive: a clip covering the receptive field plus naive_samples steady-state steps
+        fields = [layer.conditioner.receptive_field for layer in teacher.flow.layers]
+        naive_frames = min(frames, math.ceil((max(fields) + naive_samples) / hop))
+        teacher.sample(mel_d[:, :, :1], noise=noise[:, :hop], naive=True)  # warm-up
+        clocks = [_StepClock(layer.conditioner, device) for layer in teacher.flow.layers]
+        for clock in clocks:
+            clock.__enter__()
+        try:
+            _sync(device)
+            start = time.perf_counter()
+            teacher.sample(
+                mel_d[:, :, :naive_frames], noise=noise[:, : naive_frames * hop], naive=True
+            )
+            _sync(device)
+            end = time.perf_counter()
+        finally:
+            for clock in clocks:
+                clock.__exit__()
+    naive_timed = naive_frames * hop
+    extrapolated = naive_timed < samples
+    if extrapolated:
+        # flows run one after another over the whole clip: per flow, the mean time between
+        # steps once its window is full, up to the next flow's first step; summed over flows
+        per_sample = 0.0
+        for i, (clock, field) in enumerate(zip(clocks, fields)):
+            stop = clocks[i + 1].stamps[0] if i + 1 < len(clocks) else end
+            per_sample += (stop - clock.stamps[field]) / (len(clock.stamps) - field)
+        naive_rate = batch / per_sample
+    else:
+        naive_rate = batch * naive_timed / (end - start)
+
+    return BenchResult(
+        student_samples_per_s=batch * samples / student_time,
+        teacher_cached_samples_per_s=batch * samples / cached_time,
+        teacher_naive_samples_per_s=naive_rate,
+        device=str(device),
+        dtype=str(dtype).removeprefix("torch."),
+        batch=batch,
+        seconds=samples / sr,
+        sample_rate=sr,
+        samples=samples,
+        naive_timed_samples=naive_timed,
+        naive_extrapolated=extrapolated,
+        threads=torch.get_num_threads(),
+        student_receptive_field=student.receptive_field,
+        teacher_receptive_field=teacher.receptive_field,
+        source=source,
+    )
+
+
+def format_result(r: BenchResult) -> str:
+    """A table with samples/s, real-time factors and the speed-up ratios."""
+
+    def row(name: str, rate: float) -> str:
+        real_time = rate / r.sample_rate
+        return f"  {name:<34} {rate:>14,.0f} {real_time:>12.4g}x {1 / real_time:>10.4g}"
+
+    student, cached = r.student_samples_per_s, r.teacher_cached_samples_per_s
+    naive = r.teacher_naive_samples_per_s
+    naive_note = (
+        f"timed on a {r.naive_timed_samples}-sample clip (receptive field + steady state); "
+        f"its steady-state cost per sample is extrapolated to {r.samples} samples"
+        if r.naive_extrapolated
+        else f"timed on the full {r.naive_timed_samples} samples"
+    )
+    lines = [
+        f"distill bench: {r.seconds:.3f} s of audio ({r.samples} samples at {r.sample_rate} Hz) "
+        f"x batch {r.batch}, {r.device}, {r.dtype}, {r.threads} CPU threads",
+        f"  models: {r.source}",
+        f"  {'path':<34} {'samples/s':>14} {'real time':>13} {'RTF':>10}",
+        row("student one pass", r.student_samples_per_s),
+        row("teacher cached incremental", r.teacher_cached_samples_per_s),
+        row("teacher naive (recompute field)", r.teacher_naive_samples_per_s),
+        f"  naive: {naive_note}",
+        f"  student / teacher cached: {student / cached:,.1f}x",
+        f"  teacher cached / naive:   {cached / naive:,.1f}x",
+        f"  student / teacher naive:  {student / naive:,.0f}x",
+    ]
+    return "\n".join(lines)
