@@ -141,7 +141,9 @@ class Synthesizer:
 
     ``synthesize`` takes a mel ``(n_mels, F)`` -> audio ``(F * hop,)``; a batch
     ``(B, n_mels, F)`` -> ``(B, F * hop)``; or a list of mels of different lengths -> a list of
-    audio tensors. Audio comes back as float32 on the CPU.
+    audio tensors. Audio comes back on the CPU in float32 (float64 if the model runs in it).
+    Mels may be tensors or numpy arrays. The synthesizer takes the student over: it is moved to
+    ``device`` and ``dtype`` and frozen in place.
     """
 
     def __init__(
@@ -227,10 +229,10 @@ class Synthesizer:
         with torch.inference_mode():
             if len(set(frames)) == 1:
                 audio = self._run(torch.stack(mels), torch.stack(z), temperature)
-                out = list(audio.float().cpu())
+                out = list(self._output(audio))
             else:
                 audio = self._run_ragged(mels, z, temperature)
-                out = [a[: f * self.hop_length].float().cpu() for a, f in zip(audio, frames)]
+                out = [self._output(a[: f * self.hop_length]) for a, f in zip(audio, frames)]
         if is_list:
             return out
         if unbatched:
@@ -310,7 +312,7 @@ class Synthesizer:
                     x = u * torch.exp(log_scale[:, lo:hi]) + shift[:, lo:hi]
                     inputs[k] = torch.cat([past, u], dim=1)[:, -history[k] * hop :]
                     u = x
-            chunk = u.float().cpu()
+            chunk = self._output(u)
             yield chunk[0] if unbatched else chunk
 
     # --- internals -----------------------------------------------------------------------------
@@ -363,6 +365,10 @@ class Synthesizer:
         )
         noise = torch.stack([F.pad(n.to(self.dtype), (0, longest * hop - n.shape[-1])) for n in z])
         return self.student.flow(noise * temperature, ctx)[0]
+
+    def _output(self, audio: torch.Tensor) -> torch.Tensor:
+        """Audio back on the CPU in float32 (float64 when synthesising in float64)."""
+        return audio.to(device="cpu", dtype=torch.promote_types(self.dtype, torch.float32))
 
     def _seed(self, seed: int | None) -> int:
         if seed is None:

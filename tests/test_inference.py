@@ -169,6 +169,7 @@ def test_streaming_equals_one_pass(chunk_frames, batched):
     chunks = list(syn.stream(mel, chunk_frames=chunk_frames, temperature=0.7, seed=11))
     assert all(c.shape[-1] <= chunk_frames * syn.hop_length for c in chunks)
     streamed = torch.cat(chunks, dim=-1)
+    assert streamed.dtype == one_pass.dtype == torch.float64
     assert streamed.shape == one_pass.shape == (*mel.shape[:-2], frames * syn.hop_length)
     torch.testing.assert_close(streamed, one_pass, atol=1e-9, rtol=0)
 
@@ -518,3 +519,11 @@ def test_gpu_streaming_equals_one_pass():
     one_pass = syn.synthesize(mel, seed=4)
     streamed = torch.cat(list(syn.stream(mel, chunk_frames=6, seed=4)))
     torch.testing.assert_close(streamed, one_pass, atol=1e-4, rtol=0)
+
+
+def test_half_precision_runs_and_stays_close_to_float32():
+    mel, noise = mel_like(12), block_noise(0, 0, 0, 12 * 16)
+    ref = Synthesizer(tiny_student(), device="cpu").synthesize(mel, noise=noise)
+    bf16 = Synthesizer(tiny_student(), device="cpu", dtype="bf16").synthesize(mel, noise=noise)
+    assert bf16.dtype == torch.float32
+    assert (bf16 - ref).abs().max() < 0.1 * ref.abs().max()

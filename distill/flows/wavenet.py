@@ -32,6 +32,8 @@ convolutions are bound by memory traffic and per-operator overhead, not arithmet
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import math
 from dataclasses import dataclass, field
 
@@ -214,8 +216,14 @@ class CausalWaveNet(nn.Module):
             (p.data_ptr(), 0 if p.is_inference() else p._version, p.dtype, p.device) for p in params
         )
         if self._derived is None or self._derived[0] != key:
+            self._derived = None
+            dtype = self.front.weight.dtype
             with torch.no_grad():
-                self._derived = (key, _Derived.build(self))
+                if dtype in (torch.float16, torch.bfloat16):  # fold in float32, then cast
+                    derived = _cast(_Derived.build(copy.deepcopy(self).float()), dtype)
+                else:
+                    derived = _Derived.build(self)
+            self._derived = (key, derived)
         return self._derived[1]
 
     def _run_fused(self, u, frames=None, c=None):
@@ -352,6 +360,19 @@ class CausalWaveNet(nn.Module):
         hid = torch.addmm(f.head_b, s.skips.relu(), f.head).relu_()
         out = torch.addmm(f.out_b, hid, f.out)
         return out[:, 0], out[:, 1]
+
+
+def _cast(obj, dtype):
+    """Floating tensors inside a (nested) dataclass / list / tuple, cast to ``dtype``."""
+    if torch.is_tensor(obj):
+        return obj.to(dtype) if obj.is_floating_point() else obj
+    if isinstance(obj, list | tuple):
+        return type(obj)(_cast(v, dtype) for v in obj)
+    if dataclasses.is_dataclass(obj):
+        return dataclasses.replace(
+            obj, **{f.name: _cast(getattr(obj, f.name), dtype) for f in dataclasses.fields(obj)}
+        )
+    return obj
 
 
 def _fused_ok() -> bool:
