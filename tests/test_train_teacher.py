@@ -164,6 +164,17 @@ def test_likelihood_module_equals_teacher_log_prob(tiny_audio_config):
     assert log_sigma.shape == audio.shape
 
 
+def test_data_init_starts_the_flow_at_the_data_scale(tiny_prepared_dir, tiny_audio_config):
+    cfg = tiny_config(tiny_audio_config)
+    batch = fixed_batch(tiny_prepared_dir, cfg)
+    stage = TeacherStage(cfg, tiny_prepared_dir)
+    before = nll_per_sample(stage.model, batch)  # N(0, 1) per sample
+    std = stage.data_init()
+    assert 1e-3 < std < 0.5
+    after = nll_per_sample(stage.model, batch)  # about N(0, std^2)
+    assert after < before + math.log(std) + 0.5
+
+
 # --- end to end -------------------------------------------------------------------------------
 
 
