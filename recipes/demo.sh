@@ -46,8 +46,11 @@ fi
 echo "demo: config $CONFIG"
 export NAME CONFIG CORPUS DATA EXP
 
-stage 1 "corpus" bash -c "distill make-corpus --out '$CORPUS' && \
-  distill prepare --audio-dir '$CORPUS' --out '$DATA' --config '$CONFIG'"
+corpus() {
+  distill make-corpus --out "$CORPUS" ${NUM_UTTERANCES:+--num-utterances "$NUM_UTTERANCES"}
+  distill prepare --audio-dir "$CORPUS" --out "$DATA" --config "$CONFIG"
+}
+stage 1 "corpus" corpus
 stage 2 "train the teacher" bash recipes/train_teacher.sh
 stage 3 "distil the student" bash recipes/distill_student.sh
 stage 4 "synthesise validation clips (student only)" \

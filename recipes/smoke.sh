@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Smoke run of the whole main job (recipes/demo.sh stages 1-5) on a tiny corpus with the tiny
+# config, a few steps per stage, everything under a temporary folder: a broken stage fails CI.
+# Then the remaining commands once each: bench, export, score, toy2d.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash recipes/setup.sh >/dev/null
+# shellcheck disable=SC1091
+source .venv/bin/activate
+
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+export NAME=smoke CONFIG=recipes/configs/tiny.yaml NUM_UTTERANCES=16
+export CORPUS=$work/corpus DATA=$work/prepared EXP=$work/exp OUT=$work/out
+STAGE=1 bash recipes/demo.sh
+
+test -s "$OUT/eval/report.md"
+test -s "$OUT/eval/metrics.json"
+ls "$OUT/synth"/*.wav >/dev/null
+
+distill bench --config "$CONFIG" --seconds 0.05 --json > "$work/bench.json"
+python -c "import json,sys; d=json.load(open(sys.argv[1])); assert d['student_samples_per_s'] > 0" \
+  "$work/bench.json"
+distill export --checkpoint "$EXP/student/best.pt" --out "$work/student.pt2"
+distill score --teacher "$EXP/teacher/best.pt" "$(ls "$CORPUS"/*.wav | head -n 1)"
+OUT=$work/toy2d bash recipes/toy2d.sh --teacher-steps 20 --student-steps 20 > "$work/toy2d.log" 2>&1 \
+  || { cat "$work/toy2d.log" >&2; echo "smoke: toy2d failed" >&2; exit 1; }
+echo "smoke: all stages ran"
