@@ -25,6 +25,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     source.add_argument(
         "--mel", nargs="+", metavar="IN.npy", help="log-mels (n_mels, frames) saved with numpy"
     )
+    source.add_argument(
+        "--data", metavar="DIR", help="a prepared folder: copy-synthesise the mels of --split"
+    )
+    parser.add_argument(
+        "--split", default="val", help="split of --data: train, val or all (default: %(default)s)"
+    )
     parser.add_argument("--out-dir", required=True, help="folder for the 16-bit wavs")
     parser.add_argument(
         "--temperature", type=float, default=1.0, help="noise scale (default: %(default)s)"
@@ -96,7 +102,18 @@ def run(args: argparse.Namespace) -> int:
         args.checkpoint, device=args.device, dtype=args.dtype, use_ema=not args.no_ema
     )
     cfg = syn.audio_config
-    inputs = [Path(p) for p in (args.wav or args.mel)]
+    if args.data:
+        from distill.data import PreparedCorpus
+
+        corpus = PreparedCorpus(args.data)
+        corpus.check_audio_config(cfg)
+        entries = corpus.items(args.split)
+        if not entries:
+            raise ConfigError(f"split {args.split!r} of {args.data} is empty; choose another")
+        inputs = [Path(args.data) / f"{entry.id}.npy" for entry in entries]
+        cached = {path: corpus.load(entry)[1] for path, entry in zip(inputs, entries)}
+    else:
+        inputs = [Path(p) for p in (args.wav or args.mel)]
     names = {}
     for path in inputs:
         target = out_dir / f"{path.stem}.wav"
@@ -109,7 +126,9 @@ def run(args: argparse.Namespace) -> int:
     # read and check everything first: one bad input means no output at all
     jobs = []
     for path in inputs:
-        if args.wav:
+        if args.data:
+            mel = cached[path]
+        elif args.wav:
             audio = load_audio(path, cfg)
             audio = torch.nn.functional.pad(audio, (0, -audio.numel() % cfg.hop_length))
             mel = log_mel(audio, cfg)
