@@ -16,6 +16,7 @@ from a config are randomly initialised: speed does not depend on training.
 from __future__ import annotations
 
 import math
+import os
 import time
 from dataclasses import asdict, dataclass
 
@@ -47,6 +48,8 @@ class BenchResult:
     student_receptive_field: int
     teacher_receptive_field: int
     source: str  # "checkpoints" or "random init from CONFIG"
+    load_average: float  # 1-minute load average at the end (CPU contention from other work)
+    cpus: int
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -213,7 +216,16 @@ def benchmark(
         student_receptive_field=student.receptive_field,
         teacher_receptive_field=teacher.receptive_field,
         source=source,
+        load_average=_load_average(),
+        cpus=len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
     )
+
+
+def _load_average() -> float:
+    try:
+        return os.getloadavg()[0]
+    except OSError:  # pragma: no cover - not on every platform
+        return float("nan")
 
 
 def format_result(r: BenchResult) -> str:
@@ -240,8 +252,14 @@ def format_result(r: BenchResult) -> str:
         row("teacher cached incremental", r.teacher_cached_samples_per_s),
         row("teacher naive (recompute field)", r.teacher_naive_samples_per_s),
         f"  naive: {naive_note}",
-        f"  student / teacher cached: {student / cached:,.1f}x",
-        f"  teacher cached / naive:   {cached / naive:,.1f}x",
-        f"  student / teacher naive:  {student / naive:,.0f}x",
+        f"  student / teacher cached: {student / cached:.3g}x",
+        f"  teacher cached / naive:   {cached / naive:.3g}x",
+        f"  student / teacher naive:  {student / naive:.3g}x",
     ]
+    if r.device == "cpu" and r.load_average > r.cpus:
+        lines.append(
+            f"  warning: load average {r.load_average:.1f} on {r.cpus} CPUs: other work competes "
+            "for the cores, so timings are low and noisy"
+            + (" (multi-threaded ones most of all; try --threads 1)" if r.threads > 1 else "")
+        )
     return "\n".join(lines)
