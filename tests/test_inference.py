@@ -10,7 +10,7 @@ import pytest
 import soundfile as sf
 import torch
 
-import distill.flows.wavenet as wavenet
+import distill.flows.wavenet_fused as wavenet_fused
 from distill.checkpoint import save_checkpoint
 from distill.cli import main
 from distill.config import AudioConfig, Config, StudentConfig, TeacherConfig, WaveNetConfig
@@ -86,7 +86,7 @@ NETS = [
 def test_fused_one_pass_equals_plain(
     monkeypatch, batched, kernel_size, dilations, batch, hop, frames
 ):
-    monkeypatch.setattr(wavenet, "_BATCHED_ON_CPU", batched)
+    monkeypatch.setattr(wavenet_fused, "_BATCHED_ON_CPU", batched)
     net = randomize(CausalWaveNet(3, 8, 10, 6, kernel_size=kernel_size, dilations=dilations))
     length = hop * frames
     u, cond = torch.randn(batch, length), torch.randn(batch, 3, frames)

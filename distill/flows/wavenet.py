@@ -15,25 +15,14 @@ dilated layer keeps a ring buffer of its past inputs, so a step costs one column
 rather than a pass over the receptive field (Fast WaveNet / the "cached" generation of the
 Parallel WaveNet paper).
 
-Two implementations compute the same function. With autograd recording (training, Jacobian
-tests) the plain one below runs. Without it (``torch.no_grad`` / ``torch.inference_mode``:
-synthesis, generation, benchmarks) a fused one runs, which matters because these small
-convolutions are bound by memory traffic and per-operator overhead, not arithmetic:
-
-* **one pass** (``run``): layer offsets are tracked separately so that every residual, skip,
-  conditioning and bias term is accumulated inside a matrix multiply (``baddbmm`` with
-  ``beta``/``alpha``), the gate runs in place, interpolation of the per-layer conditioning is a
-  3-tap matrix product per frame, and on CPU time is processed in blocks that stay in cache.
-* **one step** (``step``): every linear map of the current column is folded into the layers
-  after it (``x_i`` and ``h_i`` depend linearly on earlier gates), so a step is three small
-  operators per layer plus one batched product for all past taps; ``sigmoid(b)`` is computed as
-  ``(1 + tanh(b / 2)) / 2`` so that one ``tanh`` serves the whole gate.
+The code below is the plain, differentiable definition; it runs whenever autograd records
+(training, Jacobian tests). Without autograd (``torch.no_grad`` / ``torch.inference_mode``:
+synthesis, generation, benchmarks) the same function runs through the fused paths of
+:mod:`distill.flows.wavenet_fused`, several times faster.
 """
 
 from __future__ import annotations
 
-import copy
-import dataclasses
 import math
 from dataclasses import dataclass, field
 
@@ -41,10 +30,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["CausalWaveNet", "StepState"]
+from distill.flows import wavenet_fused
 
-_SQRT_HALF = math.sqrt(0.5)
-_BATCHED_ON_CPU = False  # tests set it to check the batched (GPU) layout on CPU
+__all__ = ["CausalWaveNet", "StepState"]
 
 
 @dataclass
@@ -60,7 +48,7 @@ class StepState:
     weights: list[torch.Tensor]  # per layer (k * R, G): dilated taps stacked, oldest first
     t: int = 0
     u_prev: torch.Tensor | None = None  # (B,) the input at t - 1 (zero at t = 0)
-    fused: _FusedStep | None = field(default=None, repr=False)
+    fused: wavenet_fused.FusedStep | None = field(default=None, repr=False)
 
 
 class CausalWaveNet(nn.Module):
@@ -100,7 +88,7 @@ class CausalWaveNet(nn.Module):
         # A fresh flow layer is the identity (shift 0, log-scale 0): stable start for both stages.
         nn.init.zeros_(self.out.weight)
         nn.init.zeros_(self.out.bias)
-        self._derived: tuple[tuple, _Derived] | None = None
+        self._derived = None  # rearranged weights of the fused paths (see wavenet_fused)
 
     @property
     def receptive_field(self) -> int:
@@ -119,17 +107,17 @@ class CausalWaveNet(nn.Module):
 
     def forward(self, u: torch.Tensor, cond: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """u: (B, T), cond: (B, C, F) -> shift (B, T), raw log-scale (B, T)."""
-        if _fused_ok():
+        if wavenet_fused.enabled():
             length, frames = u.shape[-1], cond.shape[-1]
             if length % frames:
                 raise ValueError(f"audio length {length} is not a multiple of {frames} cond frames")
-            return self._run_fused(u, frames=cond)
+            return wavenet_fused.run(self, u, frames=cond)
         return self.run(u, self.condition(cond, u.shape[-1]))
 
     def run(self, u: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Like :meth:`forward` with conditioning already at the sample rate: c (B, L * G, T)."""
-        if _fused_ok():
-            return self._run_fused(u, c=c)
+        if wavenet_fused.enabled():
+            return wavenet_fused.run(self, u, c=c)
         shifted = F.pad(u, (1, 0))[:, :-1].unsqueeze(1)  # (B, 1, T): position t holds u_{t-1}
         h = self.front(shifted)
         skips = 0.0
@@ -150,8 +138,9 @@ class CausalWaveNet(nn.Module):
 
     def start(self, cond: torch.Tensor, length: int) -> StepState:
         """Prepare cached generation of ``length`` samples: conditioning computed once."""
-        if _fused_ok():
-            return self._start_fused(cond, length)
+        if wavenet_fused.enabled():
+            state = wavenet_fused.start(self, cond, length)
+            return StepState(None, [], [], u_prev=cond.new_zeros(cond.shape[0]), fused=state)
         c = self.condition(cond, length)
         batch = c.shape[0]
         buffers, weights = [], []
@@ -168,7 +157,7 @@ class CausalWaveNet(nn.Module):
         Call :meth:`push` with the input at ``t`` before the next step.
         """
         if state.fused is not None:
-            return self._step_fused(state)
+            return wavenet_fused.step(state.fused, state.t)
         t = state.t
         h = self.front.weight[:, 0, 0] * state.u_prev[:, None] + self.front.bias  # (B, R)
         skips = 0.0
@@ -206,358 +195,3 @@ class CausalWaveNet(nn.Module):
         lo = max(0, t - self.receptive_field)
         shift, log_scale = self.run(u[:, lo : t + 1], c[:, :, lo : t + 1])
         return shift[:, -1], log_scale[:, -1]
-
-    # --- fused paths (no autograd) --------------------------------------------------------------
-
-    def _derived_weights(self) -> _Derived:
-        """Weights rearranged for the fused paths; rebuilt when any parameter changes."""
-        params = list(self.parameters())
-        key = tuple(
-            (p.data_ptr(), 0 if p.is_inference() else p._version, p.dtype, p.device) for p in params
-        )
-        if self._derived is None or self._derived[0] != key:
-            self._derived = None
-            dtype = self.front.weight.dtype
-            with torch.no_grad():
-                if dtype in (torch.float16, torch.bfloat16):  # fold in float32, then cast
-                    derived = _cast(_Derived.build(copy.deepcopy(self).float()), dtype)
-                else:
-                    derived = _Derived.build(self)
-            self._derived = (key, derived)
-        return self._derived[1]
-
-    def _run_fused(self, u, frames=None, c=None):
-        """One pass without autograd; conditioning at the frame rate (frames) or sample rate (c)."""
-        batch, length = u.shape
-        cpu = u.device.type == "cpu"
-        flat = cpu and not _BATCHED_ON_CPU  # 2-D products, one item at a time
-        if flat and batch > 1:  # 2-D products per item beat batched ones on CPU
-            outs = [
-                self._run_fused(
-                    u[b : b + 1],
-                    None if frames is None else frames[b : b + 1],
-                    None if c is None else c[b : b + 1],
-                )
-                for b in range(batch)
-            ]
-            return torch.cat([o[0] for o in outs]), torch.cat([o[1] for o in outs])
-        w = self._derived_weights()
-        L, R, G = len(self.dilations), self.residual_channels, self.gate_channels
-        k, half = self.kernel_size, G // 2
-        spans = [(k - 1) * d for d in self.dilations]
-        lead = () if flat else (batch,)
-        block = min(length, self.cpu_block) if cpu else length
-        if frames is not None:
-            hop = length // frames.shape[-1]
-            m = max(1, block // hop)  # frames per block
-            block = m * hop
-            # projection + bias at the frame rate, edge-padded (= clamped interpolation), as
-            # 3-frame windows laid out so each (block, layer) slice is contiguous
-            cf = F.conv1d(frames, w.cond_w, w.cond_b)  # (B, L * G, F)
-            win = F.pad(cf, (1, 1), mode="replicate").unfold(2, 3, 1)  # (B, L * G, F, 3)
-            nblk = -(-frames.shape[-1] // m)
-            win = F.pad(win, (0, 0, 0, nblk * m - frames.shape[-1]))
-            win = win.view(batch, L, G, nblk, m, 3).permute(0, 3, 1, 2, 4, 5).contiguous()
-            kernel = _interp_kernel(hop, u.dtype, u.device)  # (3, hop)
-        single = block >= length
-        if single:
-            top = max(spans)
-            pair = [u.new_empty(*lead, R, top + length) for _ in range(min(L, 2))]
-            bufs = [pair[i % 2][..., top - spans[i] :] for i in range(L)]
-        else:
-            bufs = [u.new_empty(*lead, R, spans[i] + block) for i in range(L)]
-            for i in range(L):
-                bufs[i][..., : spans[i]] = w.pad[i]
-        out = u.new_empty(*lead, 2, length)
-        u_prev = F.pad(u, (1, 0))[:, None, :-1]  # (B, 1, T): position t holds u_{t-1}
-        if flat:
-            u_prev = u_prev[0]
-        for t0 in range(0, length, block):
-            n = min(block, length - t0)
-            torch.mul(w.front_w, u_prev[..., t0 : t0 + n], out=bufs[0][..., spans[0] :][..., :n])
-            skips = None
-            for i in range(L):
-                buf, span = bufs[i], spans[i]
-                if single and span:
-                    buf[..., :span] = w.pad[i]
-                cur = buf[..., span : span + n]
-                if frames is not None:
-                    x = win[:, t0 // block, i, :, : n // hop]  # (B, G, n / hop, 3)
-                    x = torch.mm(x.reshape(-1, 3), kernel).view(*lead, G, n)
-                else:
-                    x = torch.addcmul(w.bias[i], c[:, i * G : (i + 1) * G, t0 : t0 + n], w.gate2)
-                    if flat:
-                        x = x[0]
-                _mm_(x, w.taps[i][k - 1], cur)
-                for j in range(k - 1):
-                    back = (k - 1 - j) * self.dilations[i]
-                    _mm_(x, w.taps[i][j], buf[..., span - back : span - back + n])
-                a, b = x.sigmoid_().split(half, dim=-2)
-                z = b.addcmul_(a, b, value=-2.0)  # -tanh(a) sigmoid(b): a was scaled by 2
-                if skips is None:
-                    skips = _mm(w.skip_b, w.skip[i], z)
-                else:
-                    _mm_(skips, w.skip[i], z)
-                if i < L - 1:
-                    nxt = bufs[i + 1][..., spans[i + 1] : spans[i + 1] + n]
-                    _mm(cur, w.res[i], z, beta=_SQRT_HALF, alpha=_SQRT_HALF, out=nxt)
-                if not single and span:
-                    tail = buf[..., n : n + span]
-                    buf[..., :span] = tail.clone() if n < span else tail
-            hid = _mm(w.head_b, w.head, skips.relu_()).relu_()
-            _mm(w.out_b, w.out, hid, out=out[..., t0 : t0 + n])
-        if flat:
-            out = out[None]
-        return out[:, 0], out[:, 1]
-
-    def _start_fused(self, cond: torch.Tensor, length: int) -> StepState:
-        w = self._derived_weights()
-        f = w.step
-        c = self.condition(cond, length)  # (B, L * G, T)
-        batch = c.shape[0]
-        L, R, G, S = len(self.dilations), self.residual_channels, self.gate_channels, f.skip_dim
-        # time-major gate conditioning, sigmoid halves pre-scaled: (T, L, B, G)
-        rows = c.view(batch, L, G, length) * f.gate_scale[:, None]
-        rows = rows.permute(3, 1, 0, 2).contiguous()
-        width = L * (R + G) + S
-        x = c.new_zeros(batch, width)
-        blocks = x[:, : L * (R + G)].view(batch, L, R + G)
-        layers = []
-        for j in range(L):
-            xj = blocks[:, j, R:]
-            layers.append(
-                (xj, xj[:, : G // 2], xj[:, G // 2 :], x[:, (j + 1) * (R + G) :], f.mix[j])
-            )
-        fs = _FusedStep(
-            rows=rows,
-            x=x,
-            gates=blocks[:, :, R:],
-            hidden=blocks[:, :, :R],
-            skips=x[:, L * (R + G) :],
-            layers=layers,
-            u_prev=c.new_zeros(batch, 1),
-            ring=c.new_zeros(L, max(f.span, 1), batch, R),
-            derived=f,
-        )
-        return StepState(cond=None, buffers=[], weights=[], u_prev=c.new_zeros(batch), fused=fs)
-
-    def _step_fused(self, state: StepState) -> tuple[torch.Tensor, torch.Tensor]:
-        s, f = state.fused, state.fused.derived
-        t = state.t
-        torch.addmm(f.const, s.u_prev, f.u_row, out=s.x)
-        cond = s.rows[t]  # (L, B, G)
-        if f.span:
-            taps = s.ring[f.layer_index, f.tap_index[t % f.span]]  # (L, k - 1, B, R)
-            taps = taps.transpose(1, 2).reshape(taps.shape[0], taps.shape[2], -1)
-            cond = torch.baddbmm(cond, taps, f.past)
-        s.gates.add_(cond.transpose(0, 1))
-        for x, a, b, rest, mix in s.layers:
-            x.tanh_()
-            a.addcmul_(a, b)  # 2 * tanh(a) * sigmoid(2 b): the b half is pre-scaled by 1/2
-            rest.addmm_(a, mix)
-        if f.span:
-            s.ring[:, t % f.span] = s.hidden.transpose(0, 1)
-        hid = torch.addmm(f.head_b, s.skips.relu(), f.head).relu_()
-        out = torch.addmm(f.out_b, hid, f.out)
-        return out[:, 0], out[:, 1]
-
-
-def _cast(obj, dtype):
-    """Floating tensors inside a (nested) dataclass / list / tuple, cast to ``dtype``."""
-    if torch.is_tensor(obj):
-        return obj.to(dtype) if obj.is_floating_point() else obj
-    if isinstance(obj, list | tuple):
-        return type(obj)(_cast(v, dtype) for v in obj)
-    if dataclasses.is_dataclass(obj):
-        return dataclasses.replace(
-            obj, **{f.name: _cast(getattr(obj, f.name), dtype) for f in dataclasses.fields(obj)}
-        )
-    return obj
-
-
-def _fused_ok() -> bool:
-    return not torch.is_grad_enabled() and not torch.compiler.is_compiling()
-
-
-def _mm(inp, w, x, beta=1.0, alpha=1.0, out=None):
-    """``beta * inp + alpha * w @ x`` for x (C, T) or a batch (B, C, T)."""
-    if x.dim() == 2:
-        return torch.addmm(inp, w, x, beta=beta, alpha=alpha, out=out)
-    return torch.baddbmm(inp, w.expand(x.shape[0], -1, -1), x, beta=beta, alpha=alpha, out=out)
-
-
-def _mm_(acc, w, x) -> None:
-    """``acc += w @ x`` in place."""
-    if x.dim() == 2:
-        acc.addmm_(w, x)
-    else:
-        acc.baddbmm_(w.expand(x.shape[0], -1, -1), x)
-
-
-_KERNELS: dict[tuple, torch.Tensor] = {}
-
-
-def _interp_kernel(hop: int, dtype, device) -> torch.Tensor:
-    """(3, hop): weights of frames f-1, f, f+1 for the samples of frame f (align_corners=False)."""
-    key = (hop, dtype, str(device))
-    if key not in _KERNELS:
-        pos = (torch.arange(hop, dtype=torch.float64) + 0.5) / hop - 0.5
-        k = torch.stack([(-pos).clamp(min=0), 1 - pos.abs(), pos.clamp(min=0)])
-        _KERNELS[key] = k.to(dtype=dtype, device=device)
-    return _KERNELS[key]
-
-
-@dataclass
-class _FusedStep:
-    rows: torch.Tensor  # (T, L, B, G) gate conditioning, sigmoid halves scaled by 1/2
-    x: torch.Tensor  # (B, W) the current column: [h_0 x'_0 | h_1 x'_1 | ... | skips]
-    gates: torch.Tensor  # (B, L, G) view of the x'_i
-    hidden: torch.Tensor  # (B, L, R) view of the h_i
-    skips: torch.Tensor  # (B, S) view
-    layers: list  # per layer: (x'_i, a view, b view, columns after block i, mixing matrix)
-    u_prev: torch.Tensor  # (B, 1)
-    ring: torch.Tensor  # (L, span, B, R): h_i at past times, slot t % span
-    derived: _FusedStepWeights
-
-
-@dataclass
-class _FusedStepWeights:
-    """The step's current column as ``x = const + u_{t-1} u_row + rows[t] + taps @ past``, then per
-    layer ``z'_j = tanh(a) (1 + tanh(b / 2))`` (= 2 z_j) and ``x[after j] += z'_j @ mix[j]``."""
-
-    u_row: torch.Tensor  # (1, W)
-    const: torch.Tensor  # (W,)
-    gate_scale: torch.Tensor  # (G,): 1 on the tanh half, 1/2 on the sigmoid half
-    mix: list[torch.Tensor]  # per layer (G / 2, W - (j + 1)(R + G))
-    past: torch.Tensor  # (L, (k - 1) R, G)
-    tap_index: torch.Tensor  # (span, L, k - 1) ring slots of the past taps at t % span
-    layer_index: torch.Tensor  # (L, 1)
-    span: int
-    skip_dim: int
-    head: torch.Tensor
-    head_b: torch.Tensor
-    out: torch.Tensor
-    out_b: torch.Tensor
-
-
-@dataclass
-class _Derived:
-    """Parameters rearranged for the fused paths (built under no_grad, cached per version).
-
-    One pass tracks ``h_i = h~_i + offset_i`` with the constant ``offset_i`` folded into the
-    layer's bias, so the residual update is one ``baddbmm``; ``pad[i] = -offset_i`` makes the
-    causal zero padding of ``h_i`` exact. The gate uses ``tanh(a) = 2 sigmoid(2 a) - 1``: the
-    ``a`` rows of taps, bias and conditioning are doubled (``gate2``) so one in-place sigmoid
-    serves both halves, and ``b + (-2) a b`` gives ``-z``, which the negated ``res``/``skip``
-    weights undo.
-    """
-
-    taps: list[list[torch.Tensor]]  # per layer, per tap (G, R), oldest first, a rows doubled
-    bias: list[torch.Tensor]  # per layer (G, 1): gate2 * (conv bias + taps @ offset)
-    gate2: torch.Tensor  # (G, 1): 2 on the tanh half, 1 on the sigmoid half
-    cond_w: torch.Tensor  # (L * G, C, 1): cond_proj weight, a rows doubled
-    cond_b: torch.Tensor  # (L * G,): cond_proj bias + layer biases, a rows doubled
-    pad: list[torch.Tensor]  # per layer (R, 1): -offset_i
-    front_w: torch.Tensor  # (R, 1)
-    res: list[torch.Tensor]  # (R, G / 2), negated
-    skip: list[torch.Tensor]  # (S, G / 2), negated
-    skip_b: torch.Tensor  # (S, 1): all skip biases summed
-    head: torch.Tensor
-    head_b: torch.Tensor
-    out: torch.Tensor
-    out_b: torch.Tensor
-    step: _FusedStepWeights
-
-    @staticmethod
-    def build(net: CausalWaveNet) -> _Derived:
-        k, L = net.kernel_size, len(net.dilations)
-        R, G = net.residual_channels, net.gate_channels
-        half = G // 2
-        s = _SQRT_HALF
-        taps = [[conv.weight[:, :, j] for j in range(k)] for conv in net.dilated]
-        offsets = [net.front.bias]
-        for i in range(L - 1):
-            offsets.append(s * (offsets[-1] + net.res[i].bias))
-        bias = [
-            conv.bias + sum(tap @ offsets[i] for tap in taps[i])
-            for i, conv in enumerate(net.dilated)
-        ]
-        skip = [m.weight[:, :, 0] for m in net.skip]
-        res = [m.weight[:, :, 0] for m in net.res]
-        S = skip[0].shape[0]
-        skip_b = sum(m.bias for m in net.skip)
-        head, out = net.head.weight[:, :, 0], net.out.weight[:, :, 0]
-
-        # --- the step: current-column maps folded forward --------------------------------------
-        ref = net.front.weight.new_zeros(())
-        gate_scale = torch.cat([ref.new_ones(half), ref.new_full((half,), 0.5)])
-        blk = R + G
-        width = L * blk + S
-        u_row = ref.new_zeros(width)
-        const = ref.new_zeros(width)
-        w_f, b_f = net.front.weight[:, 0, 0], net.front.bias
-        # h_i = s^i h_0 + sum_{j<i} s^(i-j) (res_j z_j + rb_j), h_0 = w_f u + b_f
-        for i in range(L):
-            h_u = s**i * w_f
-            h_c = s**i * b_f + sum(s ** (i - j) * net.res[j].bias for j in range(i))
-            u_row[i * blk : i * blk + R] = h_u
-            const[i * blk : i * blk + R] = h_c
-            cur = taps[i][k - 1]
-            u_row[i * blk + R : (i + 1) * blk] = gate_scale * (cur @ h_u)
-            const[i * blk + R : (i + 1) * blk] = gate_scale * (cur @ h_c + net.dilated[i].bias)
-        const[L * blk :] = skip_b
-        mix = []
-        for j in range(L):
-            cols = []
-            for i in range(j + 1, L):
-                to_h = s ** (i - j) * res[j]  # (R, half)
-                cols += [to_h.T, (gate_scale[:, None] * (taps[i][k - 1] @ to_h)).T]
-            cols.append(skip[j].T)
-            mix.append(0.5 * torch.cat(cols, dim=1).contiguous())  # z' = 2 z
-        span = (k - 1) * max(net.dilations)
-        past = (
-            torch.stack(
-                [torch.cat([taps[i][j].T for j in range(k - 1)], dim=0) for i in range(L)]
-                if k > 1
-                else [ref.new_zeros(0, G)] * L
-            )
-            * gate_scale
-        )
-        steps = torch.arange(max(span, 1))[:, None, None]
-        backs = torch.tensor(
-            [[(k - 1 - j) * d for j in range(k - 1)] for d in net.dilations], dtype=torch.long
-        ).view(1, L, k - 1)
-        step = _FusedStepWeights(
-            u_row=u_row[None],
-            const=const,
-            gate_scale=gate_scale,
-            mix=mix,
-            past=past.contiguous(),
-            tap_index=((steps - backs) % max(span, 1)).to(ref.device),
-            layer_index=torch.arange(L, device=ref.device)[:, None],
-            span=span,
-            skip_dim=S,
-            head=head.T.contiguous(),
-            head_b=net.head.bias,
-            out=out.T.contiguous(),
-            out_b=net.out.bias,
-        )
-        gate2 = torch.cat([ref.new_full((half,), 2.0), ref.new_ones(half)])[:, None]
-        bias = [gate2 * b[:, None] for b in bias]
-        return _Derived(
-            taps=[[gate2 * tap for tap in layer] for layer in taps],
-            bias=bias,
-            gate2=gate2,
-            cond_w=net.cond_proj.weight * gate2.repeat(L, 1)[:, :, None],
-            cond_b=(net.cond_proj.bias[:, None] * gate2.repeat(L, 1) + torch.cat(bias))[:, 0],
-            pad=[-o[:, None] for o in offsets],
-            front_w=w_f[:, None],
-            res=[-r for r in res],
-            skip=[-w for w in skip],
-            skip_b=skip_b[:, None],
-            head=head,
-            head_b=net.head.bias[:, None],
-            out=out,
-            out_b=net.out.bias[:, None],
-            step=step,
-        )
