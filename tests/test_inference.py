@@ -261,6 +261,7 @@ def test_synthesizer_rejects_bad_mels():
 # --- torch.export ------------------------------------------------------------------------------
 
 
+@pytest.mark.filterwarnings("ignore:The given buffer is not writable")  # inside torch.export.load
 def test_exported_student_equals_eager(tmp_path, capsys):
     config = Config(
         audio=AUDIO, student=StudentConfig(flows=(_wn((1, 2, 4), 3),), upsampler_channels=8)

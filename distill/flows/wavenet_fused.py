@@ -43,7 +43,13 @@ def enabled() -> bool:
 
 
 def derived_weights(net) -> Derived:
-    """Weights rearranged for the fused paths; rebuilt when any parameter changes."""
+    """Weights rearranged for the fused paths; rebuilt when any parameter changes.
+
+    Changes are noticed through each parameter's storage pointer and version counter, which
+    optimizers, ``load_state_dict``, ``.to()`` and in-place updates under ``no_grad`` all move.
+    Writing through ``param.data`` bypasses the version counter: set ``net._derived = None``
+    after doing that.
+    """
     params = list(net.parameters())
     key = tuple(
         (p.data_ptr(), 0 if p.is_inference() else p._version, p.dtype, p.device) for p in params
