@@ -67,6 +67,7 @@ class TeacherConfig:
 
     num_flows: int = 1
     wavenet: WaveNetConfig = field(default_factory=WaveNetConfig)
+    linear_prediction_order: int = 0  # order of the mel-conditioned linear prediction; 0: off
     upsampler_channels: int = 80
     upsampler_kernel: int = 5
     log_scale_min: float = -7.0

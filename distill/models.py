@@ -16,6 +16,7 @@ from torch import nn
 from distill.config import AudioConfig, Config, WaveNetConfig
 from distill.errors import ConfigError
 from distill.flows import AffineAutoregressive, CausalWaveNet, FlowStack, standard_normal_log_prob
+from distill.flows.linear_prediction import LinearPredictive
 
 __all__ = ["MelUpsampler", "Teacher", "Student", "check_mel"]
 
@@ -90,6 +91,7 @@ class _AudioFlow(nn.Module):
         upsampler_channels: int,
         upsampler_kernel: int,
         log_scale_min: float,
+        linear_prediction_order: int = 0,
     ):
         super().__init__()
         self.config = config
@@ -97,12 +99,13 @@ class _AudioFlow(nn.Module):
         self.upsampler = MelUpsampler(
             config.audio.n_mels, upsampler_channels, config.audio.hop_length, upsampler_kernel
         )
-        self.flow = FlowStack(
-            [
-                AffineAutoregressive(_wavenet(w, upsampler_channels), mode, log_scale_min)
-                for w in wavenets
+        conditioners = [_wavenet(w, upsampler_channels) for w in wavenets]
+        if linear_prediction_order:
+            conditioners = [
+                LinearPredictive(c, upsampler_channels, linear_prediction_order)
+                for c in conditioners
             ]
-        )
+        self.flow = FlowStack([AffineAutoregressive(c, mode, log_scale_min) for c in conditioners])
 
     @property
     def hop_length(self) -> int:
@@ -159,6 +162,7 @@ class Teacher(_AudioFlow):
             t.upsampler_channels,
             t.upsampler_kernel,
             t.log_scale_min,
+            t.linear_prediction_order,
         )
 
     @classmethod

@@ -11,6 +11,7 @@ import torch
 from distill.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
 from distill.config import Config, config_from_dict, config_to_dict, load_config
 from distill.errors import CheckpointError, ConfigError
+from distill.flows.linear_prediction import LinearPredictive
 from distill.models import Student, Teacher
 
 REPO = Path(__file__).resolve().parents[1]
@@ -34,8 +35,12 @@ def randomized(model):
     """Flows start as the identity; give every output layer weights so the maps are non-trivial."""
     torch.manual_seed(1)
     for layer in model.flow.layers:
-        torch.nn.init.normal_(layer.conditioner.out.weight, std=0.2)
-        torch.nn.init.normal_(layer.conditioner.out.bias, std=0.1)
+        wavenet = getattr(layer.conditioner, "wavenet", layer.conditioner)
+        torch.nn.init.normal_(wavenet.out.weight, std=0.2)
+        torch.nn.init.normal_(wavenet.out.bias, std=0.1)
+        if isinstance(layer.conditioner, LinearPredictive):
+            torch.nn.init.normal_(layer.conditioner.coef_proj.weight, std=0.1)
+            torch.nn.init.normal_(layer.conditioner.coef_proj.bias, std=0.1)
     return model.double()
 
 
@@ -49,9 +54,13 @@ def gaussian_log_prob(x, mean, log_scale):
     ).sum(-1)
 
 
+LP = ["teacher.linear_prediction_order=0", "teacher.linear_prediction_order=5"]
+
+
+@pytest.mark.parametrize("lp", LP)
 @pytest.mark.parametrize("num_flows", [1, 2])
-def test_teacher_per_step_gaussians_reproduce_log_prob(num_flows):
-    teacher = randomized(Teacher.from_config(tiny_config(f"teacher.num_flows={num_flows}")))
+def test_teacher_per_step_gaussians_reproduce_log_prob(num_flows, lp):
+    teacher = randomized(Teacher.from_config(tiny_config(f"teacher.num_flows={num_flows}", lp)))
     mel = mel_batch()
     audio = torch.randn(2, 20, dtype=torch.float64) * 0.3
     mu, log_sigma = teacher.gaussian_conditionals(audio, mel)
@@ -60,9 +69,10 @@ def test_teacher_per_step_gaussians_reproduce_log_prob(num_flows):
     )
 
 
+@pytest.mark.parametrize("lp", LP)
 @pytest.mark.parametrize("num_flows", [1, 2])
-def test_teacher_cached_generation_equals_naive(num_flows):
-    teacher = randomized(Teacher.from_config(tiny_config(f"teacher.num_flows={num_flows}")))
+def test_teacher_cached_generation_equals_naive(num_flows, lp):
+    teacher = randomized(Teacher.from_config(tiny_config(f"teacher.num_flows={num_flows}", lp)))
     mel = mel_batch()
     noise = torch.randn(2, 20, dtype=torch.float64)
     cached = teacher.sample(mel, noise=noise, temperature=0.7)
@@ -109,7 +119,7 @@ def test_batch_equals_per_item():
 
 @pytest.mark.parametrize("cls", [Teacher, Student])
 def test_mel_reaches_every_layer_and_every_parameter_learns(cls):
-    model = randomized(cls.from_config(tiny_config()))
+    model = randomized(cls.from_config(tiny_config("teacher.linear_prediction_order=5")))
     mel = mel_batch()
     audio = torch.randn(2, 20, dtype=torch.float64) * 0.2
     ctx = model.context(mel)
@@ -203,3 +213,14 @@ def test_config_overrides_and_unknown_keys(tmp_path):
         load_config(bad)
     with pytest.raises(ConfigError, match="does not exist"):
         load_config(tmp_path / "nope.yaml")
+
+
+def test_linear_prediction_is_causal_with_the_stated_receptive_field():
+    teacher = randomized(Teacher.from_config(tiny_config("teacher.linear_prediction_order=12")))
+    assert teacher.receptive_field == 12  # > the WaveNet's 1 + 7
+    mel = torch.full((1, 6, 10), -5.0, dtype=torch.float64)
+    x = torch.randn(1, 40, dtype=torch.float64, requires_grad=True)
+    mu, log_sigma = teacher.gaussian_conditionals(x, mel)
+    grad = torch.autograd.grad(mu[0, 30] + log_sigma[0, 30], x)[0][0]
+    seen = torch.nonzero(grad).flatten()
+    assert seen.max().item() == 29 and 30 - seen.min().item() == 12

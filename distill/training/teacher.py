@@ -98,7 +98,7 @@ class TeacherStage(Stage):
         audio = torch.cat([ds[i][0] for i in range(min(num_segments, len(ds)))])
         std = max(float(audio.std()), 2 * QUANT_STEP)
         layer = self.model.flow.layers[-1]
-        wavenet = layer.conditioner
+        wavenet = getattr(layer.conditioner, "wavenet", layer.conditioner)
         wavenet.front.weight.div_(std)
         wavenet.out.bias[1] = max(math.log(std), layer.log_scale_min + 1.0)
         return std
