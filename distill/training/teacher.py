@@ -26,6 +26,7 @@ from distill.audio import QUANT_STEP, log_mel
 from distill.config import Config
 from distill.data import PreparedCorpus, SegmentDataset
 from distill.errors import DataError
+from distill.flows.linear_prediction import LinearPredictive
 from distill.metrics import flac_bits_per_sample, nll_bits_per_sample
 from distill.models import Teacher
 from distill.training.loop import Stage, TrainResult
@@ -92,7 +93,11 @@ class TeacherStage(Stage):
         the first step). Without it the first few hundred steps are spent shrinking sigma,
         while the gradient reaching the predicted mean is ~``std^2`` times smaller. The std
         comes from fixed centre crops of the first ``num_segments`` training items, so every
-        rank computes the same. Returns the std.
+        rank computes the same. With a linear-prediction path, its bias starts at the
+        least-squares predictor of those crops and the log-scale at the log of its residual
+        std: the model starts where global linear prediction is (a few bits below ``N(0, std)``)
+        and the mel-dependent coefficients and the WaveNet learn what it misses. Returns the
+        std of the audio.
         """
         ds = SegmentDataset(self.corpus, "train", self.training.segment_frames, deterministic=True)
         audio = torch.cat([ds[i][0] for i in range(min(num_segments, len(ds)))])
@@ -100,7 +105,12 @@ class TeacherStage(Stage):
         layer = self.model.flow.layers[-1]
         wavenet = getattr(layer.conditioner, "wavenet", layer.conditioner)
         wavenet.front.weight.div_(std)
-        wavenet.out.bias[1] = max(math.log(std), layer.log_scale_min + 1.0)
+        scale = std
+        if isinstance(layer.conditioner, LinearPredictive):
+            coefs, scale = least_squares_predictor(audio.double(), layer.conditioner.order)
+            layer.conditioner.coef_proj.bias.copy_(coefs)
+            scale = max(scale, 2 * QUANT_STEP)
+        wavenet.out.bias[1] = max(math.log(scale), layer.log_scale_min + 1.0)
         return std
 
     def train_module(self) -> nn.Module:
@@ -204,6 +214,16 @@ class TeacherStage(Stage):
         if result.bad_steps:
             lines.append(f"  {result.bad_steps} non-finite steps skipped")
         return "\n".join(lines)
+
+
+def least_squares_predictor(audio: torch.Tensor, order: int) -> tuple[torch.Tensor, float]:
+    """Coefficients (oldest sample first) of the best linear predictor of ``audio[t]`` from the
+    ``order`` samples before it, and the std of its residual."""
+    windows = audio.unfold(0, order + 1, 1)  # (N, order + 1): past samples, then the target
+    past, target = windows[:, :-1], windows[:, -1]
+    coefs = torch.linalg.lstsq(past, target[:, None]).solution[:, 0]
+    residual = target - past @ coefs
+    return coefs.float(), float(residual.std())
 
 
 def _mel_image(real: torch.Tensor, fake: torch.Tensor, floor: float):
