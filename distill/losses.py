@@ -134,8 +134,14 @@ def spectral_loss(
     """Multi-resolution STFT loss (:func:`distill.spectral.multi_resolution_stft`).
 
     pred, target: (B, T). Returns scalars ``sc``, ``mag`` and ``stft = sc + mag``.
+
+    The batch is scored as one signal (segments laid end to end, in both arguments alike), so
+    spectral convergence is ``||S_t - S_p||_F / ||S_t||_F`` over the whole batch, as in the
+    Parallel WaveGAN reference code, rather than a mean of per-segment ratios: a near-silent
+    training segment (``||S_t||`` at the floor) would otherwise make the ratio, and its
+    gradient, explode. For one clip (B = 1) the two are the same.
     """
-    d = multi_resolution_stft(pred, target, resolutions)
+    d = multi_resolution_stft(pred.reshape(1, -1), target.reshape(1, -1), resolutions)
     return {"sc": d["sc"], "mag": d["mag"], "stft": d["sc"] + d["mag"]}
 
 

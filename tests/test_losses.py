@@ -23,6 +23,7 @@ from distill.losses import (
     spectral_loss,
 )
 from distill.models import Student, Teacher
+from distill.spectral import multi_resolution_stft
 
 TINY_AUDIO = AudioConfig(sample_rate=8000, n_fft=64, win_length=64, hop_length=16, n_mels=8)
 SMALL_RES = ((64, 16, 64), (128, 32, 128))
@@ -109,6 +110,16 @@ def test_power_loss_zero_for_equal_positive_otherwise_and_normalised():
     # window-energy normalisation: white noise of variance v has phi ~= v in every bin, so
     # phi(0.5 x) - phi(x) ~= -0.75 and the mean squared difference ~= 0.56
     assert power_loss(x, 0.5 * x, SMALL_RES).item() == pytest.approx(0.5625, rel=0.15)
+
+
+def test_spectral_convergence_is_over_the_batch_so_silent_segments_do_not_explode():
+    g = torch.Generator().manual_seed(6)
+    speech = 0.3 * torch.randn(1, 4096, generator=g)
+    target = torch.cat([speech, torch.zeros(1, 4096)])  # one segment is digital silence
+    pred = target + 0.01 * torch.randn(2, 4096, generator=g)
+    per_segment = multi_resolution_stft(pred, target, SMALL_RES)["sc"]
+    batch = spectral_loss(pred, target, SMALL_RES)["sc"]
+    assert per_segment > 10 and batch < 0.2, (per_segment, batch)
 
 
 def test_spectral_loss_reuses_multi_resolution_stft():
