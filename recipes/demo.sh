@@ -5,6 +5,8 @@
 #   4 synthesise the validation clips (student only) 5 evaluate against FLAC and Griffin-Lim
 # Every stage can be re-run and resumes; STAGE=N starts from stage N, STOP_STAGE=M stops after M.
 # On a machine with CUDA the larger recipes/configs/demo_gpu.yaml is used (CONFIG=... overrides).
+# Arguments are config overrides for both training stages, e.g.
+#   bash recipes/demo.sh teacher_training.steps=200 student_training.steps=100
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -51,8 +53,8 @@ corpus() {
   distill prepare --audio-dir "$CORPUS" --out "$DATA" --config "$CONFIG"
 }
 stage 1 "corpus" corpus
-stage 2 "train the teacher" bash recipes/train_teacher.sh
-stage 3 "distil the student" bash recipes/distill_student.sh
+stage 2 "train the teacher" bash recipes/train_teacher.sh "$@"
+stage 3 "distil the student" bash recipes/distill_student.sh "$@"
 stage 4 "synthesise validation clips (student only)" \
   distill synthesize --checkpoint "$EXP/student/best.pt" --data "$DATA" --split val \
     --out-dir "$OUT/synth" --seed 0
