@@ -22,7 +22,7 @@ distill bench --config "$CONFIG" --seconds 0.05 --json > "$work/bench.json"
 python -c "import json,sys; d=json.load(open(sys.argv[1])); assert d['student_samples_per_s'] > 0" \
   "$work/bench.json"
 distill export --checkpoint "$EXP/student/best.pt" --out "$work/student.pt2"
-distill score --teacher "$EXP/teacher/best.pt" "$(ls "$CORPUS"/*.wav | head -n 1)"
+distill score --teacher "$EXP/teacher/best.pt" "$(find "$CORPUS" -name "*.wav" | sort | head -n 1)"
 OUT=$work/toy2d bash recipes/toy2d.sh --teacher-steps 20 --student-steps 20 > "$work/toy2d.log" 2>&1 \
   || { cat "$work/toy2d.log" >&2; echo "smoke: toy2d failed" >&2; exit 1; }
 echo "smoke: all stages ran"
