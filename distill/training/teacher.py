@@ -202,7 +202,8 @@ class TeacherStage(Stage):
                 f"  validation: {v['val/nll_nats_per_sample']:.4f} nats/sample = "
                 f"{v['val/bits_per_sample']:.3f} bits/sample at 16 bit; FLAC "
                 f"{v['val/flac_bits_per_sample']:.3f} bits/sample on the same clips "
-                f"({v['val/bits_below_flac']:+.3f} below FLAC)"
+                f"({abs(v['val/bits_below_flac']):.3f} "
+                f"{'below' if v['val/bits_below_flac'] > 0 else 'above'} FLAC)"
             )
         if result.best_value is not None:
             lines.append(f"  best: {result.best_value:.3f} bits/sample at step {result.best_step}")
