@@ -37,7 +37,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from distill.audio import QUANT_STEP, log_mel
+from distill.audio import QUANT_STEP
 from distill.checkpoint import check_audio_config, load_checkpoint, model_from_checkpoint
 from distill.config import Config
 from distill.data import PreparedCorpus, SegmentDataset
@@ -46,7 +46,7 @@ from distill.losses import DistillationLoss, check_estimator
 from distill.metrics import nll_bits_per_sample
 from distill.models import Student, Teacher
 from distill.training.loop import Stage, TrainResult
-from distill.training.teacher import _mel_image
+from distill.training.media import log_generated_vs_real
 
 __all__ = ["DistillObjective", "StudentStage", "init_student", "load_frozen_teacher"]
 
@@ -258,11 +258,7 @@ class StudentStage(Stage):
             temperature=self.config.distill.temperature,
             noise=noise[None].to(self.device),
         )
-        fake = fake[0].float().cpu().nan_to_num(0.0).clamp(-1.0, 1.0)
-        writer.add_audio("audio/student_sample", fake, step, sample_rate=cfg.sample_rate)
-        writer.add_audio("audio/real", real, step, sample_rate=cfg.sample_rate)
-        image = _mel_image(mel, log_mel(fake, cfg), math.log(cfg.log_floor))
-        writer.add_image("mel/real_top_student_bottom", image, step, dataformats="HWC")
+        log_generated_vs_real(writer, "student", fake[0], real, mel, cfg, step)
 
     def summary(self, result: TrainResult) -> str:
         lines = [f"student: step {result.step} in {result.out_dir} (teacher {self.teacher_path})"]

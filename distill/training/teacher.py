@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from distill.audio import QUANT_STEP, log_mel
+from distill.audio import QUANT_STEP
 from distill.config import Config
 from distill.data import PreparedCorpus, SegmentDataset
 from distill.errors import DataError
@@ -30,6 +30,7 @@ from distill.flows.linear_prediction import LinearPredictive
 from distill.metrics import flac_bits_per_sample, nll_bits_per_sample
 from distill.models import Teacher
 from distill.training.loop import Stage, TrainResult
+from distill.training.media import log_generated_vs_real
 
 __all__ = ["TeacherStage", "TeacherLikelihood"]
 
@@ -187,12 +188,8 @@ class TeacherStage(Stage):
         real = audio[: frames * cfg.hop_length]
         gen = torch.Generator().manual_seed(tc.seed + 1)
         noise = torch.randn(1, real.numel(), generator=gen).to(self.device)
-        fake = ema_model.sample(mel[None].to(self.device), noise=noise)[0].float().cpu()
-        fake = fake.nan_to_num(0.0).clamp(-1.0, 1.0)
-        writer.add_audio("audio/teacher_sample", fake, step, sample_rate=cfg.sample_rate)
-        writer.add_audio("audio/real", real, step, sample_rate=cfg.sample_rate)
-        image = _mel_image(mel, log_mel(fake, cfg), math.log(cfg.log_floor))
-        writer.add_image("mel/real_top_generated_bottom", image, step, dataformats="HWC")
+        fake = ema_model.sample(mel[None].to(self.device), noise=noise)[0]
+        log_generated_vs_real(writer, "teacher", fake, real, mel, cfg, step)
 
     def summary(self, result: TrainResult) -> str:
         lines = [f"teacher: step {result.step} in {result.out_dir}"]
@@ -225,17 +222,3 @@ def least_squares_predictor(audio: torch.Tensor, order: int) -> tuple[torch.Tens
     coefs = torch.linalg.lstsq(past, target[:, None]).solution[:, 0]
     residual = target - past @ coefs
     return coefs.float(), float(residual.std())
-
-
-def _mel_image(real: torch.Tensor, fake: torch.Tensor, floor: float):
-    """Two (n_mels, F) log-mels -> an (H, W, 3) image in [0, 1]: real above, generated below,
-    low frequencies at the bottom of each, on one colour scale."""
-    import matplotlib
-
-    top = max(float(real.max()), float(fake.max()))
-    norm = [((m.clamp(min=floor) - floor) / max(top - floor, 1e-6)).flip(0) for m in (real, fake)]
-    gap = torch.ones(1, real.shape[-1])
-    img = torch.cat([norm[0], gap, norm[1]], dim=0)
-    scale = max(1, 256 // img.shape[-1])
-    img = img.repeat_interleave(scale, dim=-1).numpy()
-    return matplotlib.colormaps["magma"](img)[..., :3]
