@@ -29,11 +29,16 @@ TINY_AUDIO = AudioConfig(sample_rate=8000, n_fft=64, win_length=64, hop_length=1
 SMALL_RES = ((64, 16, 64), (128, 32, 128))
 
 
-def tiny_config(teacher_flows: int = 1, student_flows: int = 2) -> Config:
+def tiny_config(teacher_flows: int = 1, student_flows: int = 2, lp_order: int = 0) -> Config:
     wn = WN(residual_channels=8, gate_channels=8, skip_channels=8, dilations=(1, 2, 4))
     return Config(
         audio=TINY_AUDIO,
-        teacher=TeacherConfig(num_flows=teacher_flows, wavenet=wn, upsampler_channels=8),
+        teacher=TeacherConfig(
+            num_flows=teacher_flows,
+            wavenet=wn,
+            upsampler_channels=8,
+            linear_prediction_order=lp_order,
+        ),
         student=StudentConfig(flows=(wn,) * student_flows, upsampler_channels=8),
         distill=DistillLossConfig(stft_resolutions=SMALL_RES),
     )
@@ -43,7 +48,7 @@ def randomize_heads(model: torch.nn.Module, scale: float) -> None:
     """Fresh flows are the identity (zero output layers); give them a non-trivial density."""
     g = torch.Generator().manual_seed(0)
     for name, p in model.named_parameters():
-        if name.endswith(("out.weight", "out.bias")):
+        if name.endswith(("out.weight", "out.bias", "coef_proj.weight", "coef_proj.bias")):
             with torch.no_grad():
                 p.copy_(torch.randn(p.shape, generator=g, dtype=p.dtype) * scale)
 
@@ -155,8 +160,10 @@ def test_estimators_agree_in_expectation_and_closed_form_has_lower_variance_vect
     assert cf.var() < 0.5 * mc.var()
 
 
-def test_estimators_agree_in_expectation_audio():
-    student, teacher, cfg = audio_pair()
+@pytest.mark.parametrize("lp_order", [0, 4])
+def test_estimators_agree_in_expectation_audio(lp_order):
+    """Also with the teacher's linear-prediction path (the demo teacher's)."""
+    student, teacher, cfg = audio_pair(lp_order=lp_order)
     n, frames = 2048, 4
     g = torch.Generator().manual_seed(5)
     mel = torch.randn(n, cfg.audio.n_mels, frames, generator=g) - 4
