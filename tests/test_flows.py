@@ -18,6 +18,7 @@ from distill.flows import (
     FlowStack,
     standard_normal_log_prob,
 )
+from distill.flows.linear_prediction import LinearPredictive
 
 pytestmark = pytest.mark.usefixtures("float64")
 
@@ -40,9 +41,13 @@ def randomize_outputs(module: torch.nn.Module, std: float = 0.3) -> None:
         if isinstance(m, CausalWaveNet):
             torch.nn.init.normal_(m.out.weight, std=std)
             torch.nn.init.normal_(m.out.bias, std=std)
+        if isinstance(m, LinearPredictive):
+            for proj in (m.coef_proj, m.scale_proj):
+                torch.nn.init.normal_(proj.weight, std=std)
+                torch.nn.init.normal_(proj.bias, std=std)
 
 
-def wavenet_layer(mode: str, dilations=(1, 2, 4), cond_channels=3, kernel_size=2):
+def wavenet_layer(mode: str, dilations=(1, 2, 4), cond_channels=3, kernel_size=2, lp_order=0):
     net = CausalWaveNet(
         cond_channels,
         residual_channels=8,
@@ -51,6 +56,8 @@ def wavenet_layer(mode: str, dilations=(1, 2, 4), cond_channels=3, kernel_size=2
         kernel_size=kernel_size,
         dilations=dilations,
     )
+    if lp_order:
+        net = LinearPredictive(net, cond_channels, lp_order)
     return AffineAutoregressive(net, mode)
 
 
@@ -72,6 +79,8 @@ LAYERS = {
     "made-iaf": (lambda: made_layer("iaf"), vector_case),
     "wavenet-maf": (lambda: wavenet_layer("maf"), audio_case),
     "wavenet-iaf": (lambda: wavenet_layer("iaf"), audio_case),
+    "lp-wavenet-maf": (lambda: wavenet_layer("maf", lp_order=3), audio_case),
+    "lp-wavenet-iaf": (lambda: wavenet_layer("iaf", lp_order=3), audio_case),
     "wavenet-k3-maf": (lambda: wavenet_layer("maf", (1, 3), kernel_size=3), audio_case),
 }
 

@@ -48,7 +48,9 @@ def randomize_heads(model: torch.nn.Module, scale: float) -> None:
     """Fresh flows are the identity (zero output layers); give them a non-trivial density."""
     g = torch.Generator().manual_seed(0)
     for name, p in model.named_parameters():
-        if name.endswith(("out.weight", "out.bias", "coef_proj.weight", "coef_proj.bias")):
+        if name.endswith(
+            ("out.weight", "out.bias", "coef_proj.weight", "coef_proj.bias", "scale_proj.weight")
+        ):
             with torch.no_grad():
                 p.copy_(torch.randn(p.shape, generator=g, dtype=p.dtype) * scale)
 

@@ -1,12 +1,19 @@
 """Mel-conditioned linear prediction around a WaveNet conditioner (LPCNet's split, in a flow).
 
-``shift_t = WaveNet(u_{<t}, c)_t + sum_k w_k(c_t) u_{t-k}`` for ``k = 1 .. order``, where the
-coefficients ``w(c)`` are a 1x1 projection of the frame-rate features, interpolated like the
-WaveNet's own conditioning. A mel frame fixes the spectral envelope, and the envelope fixes the
-short-term linear predictor, so this path reaches linear-prediction quality in a few hundred
-steps; the WaveNet is left to learn what is not linear (excitation, pitch). Still causal: the
-shift at ``t`` sees ``u_{<t}`` only. The coefficients start at zero, so a fresh layer is still
-the identity.
+``p_t = sum_k w_k(c_t) u_{t-k}`` for ``k = 1 .. order`` is the linear prediction, with
+coefficients ``w(c)`` a 1x1 projection of the frame-rate features, interpolated like the
+WaveNet's own conditioning. The WaveNet reads the prediction *residual* ``e = u - p`` instead
+of the waveform, and ``shift_t = p_t + WaveNet(e_{<t}, c)_t``.
+
+Why: a mel frame fixes the spectral envelope, and the envelope fixes the short-term linear
+predictor, so this path reaches linear-prediction quality in a few hundred steps. What is
+left (excitation: pulses, pitch, the local scale) is plain to see in the residual, which is
+nearly white, while in the waveform it hides under the formants; LPCNet feeds its network the
+excitation for the same reason. A second 1x1 projection adds a log-scale offset, so the
+frame's loudness sets the scale (down to digital silence) as soon as it is learned, without
+waiting for the WaveNet. Still causal: ``e_{<t}`` depends on ``u_{<t}`` only, so the
+shift at ``t`` sees ``u_{t-R-order} .. u_{t-1}``. Both projections start at zero, so a fresh
+layer is still the identity.
 """
 
 from __future__ import annotations
@@ -26,7 +33,9 @@ __all__ = ["LinearPredictive"]
 class _LPState:
     inner: object  # the WaveNet's own step state
     coefs: torch.Tensor  # (B, order, T): window order, oldest sample first
+    scale: torch.Tensor  # (B, T): log-scale offset
     window: torch.Tensor  # (B, order): u_{t-order} .. u_{t-1}
+    prediction: torch.Tensor | None = None  # p_t, set by step, used by push
     t: int = 0
 
 
@@ -40,18 +49,23 @@ class LinearPredictive(nn.Module):
         self.wavenet = wavenet
         self.order = order
         self.coef_proj = nn.Conv1d(cond_channels, order, 1)
-        nn.init.zeros_(self.coef_proj.weight)
-        nn.init.zeros_(self.coef_proj.bias)
+        # a linear path from the features to the log-scale: the frame's loudness sets the
+        # scale, down to digital silence, without waiting for the WaveNet to learn it
+        self.scale_proj = nn.Conv1d(cond_channels, 1, 1)
+        for proj in (self.coef_proj, self.scale_proj):
+            nn.init.zeros_(proj.weight)
+            nn.init.zeros_(proj.bias)
 
     @property
     def receptive_field(self) -> int:
-        return max(self.wavenet.receptive_field, self.order)
+        return self.wavenet.receptive_field + self.order
 
-    def _coefs(self, cond: torch.Tensor, length: int) -> torch.Tensor:
-        c = self.coef_proj(cond)
+    def _linear_terms(self, cond: torch.Tensor, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Coefficients (B, order, T) and log-scale offset (B, T) at the sample rate."""
+        c = torch.cat([self.coef_proj(cond), self.scale_proj(cond)], dim=1)
         if c.shape[-1] != length:
             c = F.interpolate(c, size=length, mode="linear", align_corners=False)
-        return c
+        return c[:, : self.order], c[:, self.order]
 
     def _predict(self, u: torch.Tensor, coefs: torch.Tensor) -> torch.Tensor:
         """sum_k coefs[k, t] * u_{t-order+k}: (B, T)."""
@@ -60,30 +74,37 @@ class LinearPredictive(nn.Module):
 
     def forward(self, u: torch.Tensor, cond: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """u: (B, T), cond: (B, C, F) -> shift (B, T), raw log-scale (B, T)."""
-        shift, raw = self.wavenet(u, cond)
-        return shift + self._predict(u, self._coefs(cond, u.shape[-1])), raw
+        coefs, scale = self._linear_terms(cond, u.shape[-1])
+        prediction = self._predict(u, coefs)
+        shift, raw = self.wavenet(u - prediction, cond)
+        return shift + prediction, raw + scale
 
     # --- one sample at a time (same protocol as CausalWaveNet) ---------------------------------
 
     def condition(self, cond: torch.Tensor, length: int):
-        return self.wavenet.condition(cond, length), self._coefs(cond, length)
+        return (self.wavenet.condition(cond, length), *self._linear_terms(cond, length))
 
     def naive_step(self, u: torch.Tensor, c, t: int):
-        shift, raw = self.wavenet.naive_step(u, c[0], t)
+        """Output at ``t`` from ``u[:, :t]`` alone, recomputing the residual from scratch."""
+        lo = max(0, t - self.receptive_field)  # residuals before lo + order are never read
+        window_u = u[:, lo : t + 1]
+        residual = F.pad(window_u - self._predict(window_u, c[1][:, :, lo : t + 1]), (lo, 0))
+        shift, raw = self.wavenet.naive_step(residual, c[0], t)
         past = u[:, max(0, t - self.order) : t]
         window = F.pad(past, (self.order - past.shape[-1], 0))
-        return shift + (window * c[1][:, :, t]).sum(-1), raw
+        return shift + (window * c[1][:, :, t]).sum(-1), raw + c[2][:, t]
 
     def start(self, cond: torch.Tensor, length: int) -> _LPState:
         inner = self.wavenet.start(cond, length)
-        coefs = self._coefs(cond, length)
-        return _LPState(inner, coefs, coefs.new_zeros(coefs.shape[0], self.order))
+        coefs, scale = self._linear_terms(cond, length)
+        return _LPState(inner, coefs, scale, coefs.new_zeros(coefs.shape[0], self.order))
 
     def step(self, state: _LPState):
         shift, raw = self.wavenet.step(state.inner)
-        return shift + (state.window * state.coefs[:, :, state.t]).sum(-1), raw
+        state.prediction = (state.window * state.coefs[:, :, state.t]).sum(-1)
+        return shift + state.prediction, raw + state.scale[:, state.t]
 
     def push(self, state: _LPState, u_t: torch.Tensor) -> None:
-        self.wavenet.push(state.inner, u_t)
+        self.wavenet.push(state.inner, u_t - state.prediction)
         state.window = torch.cat([state.window[:, 1:], u_t[:, None]], dim=1)
         state.t += 1

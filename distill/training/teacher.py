@@ -95,22 +95,22 @@ class TeacherStage(Stage):
         while the gradient reaching the predicted mean is ~``std^2`` times smaller. The std
         comes from fixed centre crops of the first ``num_segments`` training items, so every
         rank computes the same. With a linear-prediction path, its bias starts at the
-        least-squares predictor of those crops and the log-scale at the log of its residual
-        std: the model starts where global linear prediction is (a few bits below ``N(0, std)``)
-        and the mel-dependent coefficients and the WaveNet learn what it misses. Returns the
-        std of the audio.
+        least-squares predictor of those crops, and the input scaling and the log-scale use
+        its residual std (the WaveNet reads that residual): the model starts where global
+        linear prediction is (a few bits below ``N(0, std)``) and the mel-dependent
+        coefficients and the WaveNet learn what it misses. Returns the std of the audio.
         """
         ds = SegmentDataset(self.corpus, "train", self.training.segment_frames, deterministic=True)
         audio = torch.cat([ds[i][0] for i in range(min(num_segments, len(ds)))])
         std = max(float(audio.std()), 2 * QUANT_STEP)
         layer = self.model.flow.layers[-1]
         wavenet = getattr(layer.conditioner, "wavenet", layer.conditioner)
-        wavenet.front.weight.div_(std)
         scale = std
         if isinstance(layer.conditioner, LinearPredictive):
             coefs, scale = least_squares_predictor(audio.double(), layer.conditioner.order)
             layer.conditioner.coef_proj.bias.copy_(coefs)
             scale = max(scale, 2 * QUANT_STEP)
+        wavenet.front.weight.div_(scale)  # the WaveNet reads the audio, or the LP residual
         wavenet.out.bias[1] = max(math.log(scale), layer.log_scale_min + 1.0)
         return std
 
