@@ -85,6 +85,7 @@ class StudentConfig:
             dilations=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512),
         ),
     ) * 4
+    linear_prediction_order: int = 0  # mel-conditioned linear path in every flow; 0: off
     upsampler_channels: int = 80
     upsampler_kernel: int = 5
     log_scale_min: float = -7.0

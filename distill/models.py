@@ -204,7 +204,13 @@ class Student(_AudioFlow):
         if not s.flows:
             raise ConfigError("student.flows must list at least one WaveNet flow")
         super().__init__(
-            config, list(s.flows), "iaf", s.upsampler_channels, s.upsampler_kernel, s.log_scale_min
+            config,
+            list(s.flows),
+            "iaf",
+            s.upsampler_channels,
+            s.upsampler_kernel,
+            s.log_scale_min,
+            s.linear_prediction_order,
         )
 
     @classmethod

@@ -41,6 +41,7 @@ def randomized(model):
         if isinstance(layer.conditioner, LinearPredictive):
             torch.nn.init.normal_(layer.conditioner.coef_proj.weight, std=0.1)
             torch.nn.init.normal_(layer.conditioner.coef_proj.bias, std=0.1)
+            torch.nn.init.normal_(layer.conditioner.scale_proj.weight, std=0.1)
     return model.double()
 
 
@@ -91,8 +92,11 @@ def test_teacher_sample_and_density_run_in_float32():
     assert torch.isfinite(teacher.log_prob(x, mel)).all()
 
 
-def test_student_log_prob_of_its_sample_equals_returned_log_prob():
-    student = randomized(Student.from_config(tiny_config()))
+@pytest.mark.parametrize(
+    "lp", ["student.linear_prediction_order=0", "student.linear_prediction_order=3"]
+)
+def test_student_log_prob_of_its_sample_equals_returned_log_prob(lp):
+    student = randomized(Student.from_config(tiny_config(lp)))
     mel = mel_batch()
     audio, log_prob = student.sample(mel, temperature=0.8)
     torch.testing.assert_close(student.log_prob(audio, mel), log_prob, atol=1e-8, rtol=0)
@@ -119,7 +123,8 @@ def test_batch_equals_per_item():
 
 @pytest.mark.parametrize("cls", [Teacher, Student])
 def test_mel_reaches_every_layer_and_every_parameter_learns(cls):
-    model = randomized(cls.from_config(tiny_config("teacher.linear_prediction_order=5")))
+    lp = ("teacher.linear_prediction_order=5", "student.linear_prediction_order=3")
+    model = randomized(cls.from_config(tiny_config(*lp)))
     mel = mel_batch()
     audio = torch.randn(2, 20, dtype=torch.float64) * 0.2
     ctx = model.context(mel)
@@ -217,10 +222,10 @@ def test_config_overrides_and_unknown_keys(tmp_path):
 
 def test_linear_prediction_is_causal_with_the_stated_receptive_field():
     teacher = randomized(Teacher.from_config(tiny_config("teacher.linear_prediction_order=12")))
-    assert teacher.receptive_field == 12  # > the WaveNet's 1 + 7
+    assert teacher.receptive_field == 8 + 12  # the WaveNet reads residuals of 12 samples each
     mel = torch.full((1, 6, 10), -5.0, dtype=torch.float64)
     x = torch.randn(1, 40, dtype=torch.float64, requires_grad=True)
     mu, log_sigma = teacher.gaussian_conditionals(x, mel)
     grad = torch.autograd.grad(mu[0, 30] + log_sigma[0, 30], x)[0][0]
     seen = torch.nonzero(grad).flatten()
-    assert seen.max().item() == 29 and 30 - seen.min().item() == 12
+    assert seen.max().item() == 29 and 30 - seen.min().item() == 20
