@@ -12,8 +12,6 @@ quantisation step is :data:`QUANT_STEP` = 2^-15, the bin width used for bits/sam
 
 from __future__ import annotations
 
-import os
-import tempfile
 import threading
 from pathlib import Path
 
@@ -25,6 +23,7 @@ import torchaudio
 
 from distill.config import AudioConfig
 from distill.errors import AudioError, ConfigError
+from distill.fileio import atomic_output
 
 __all__ = [
     "QUANT_STEP",
@@ -312,13 +311,6 @@ def save_wav(path: str | Path, audio: torch.Tensor | np.ndarray, sample_rate: in
     elif pcm.ndim != 1:
         raise ValueError(f"save_wav expects audio of shape (T,) or (C, T), found {pcm.shape}")
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_output(path) as tmp:
         sf.write(tmp, pcm, int(sample_rate), format="WAV", subtype="PCM_16")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
     return path

@@ -10,7 +10,6 @@ flushed to disk, then renamed over the target, so a crash mid-save leaves the ol
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +18,7 @@ import torch
 from distill import __version__
 from distill.config import AudioConfig, Config, config_from_dict, config_to_dict
 from distill.errors import CheckpointError, DistillError
+from distill.fileio import atomic_output
 
 __all__ = [
     "FORMAT_VERSION",
@@ -43,16 +43,10 @@ def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:
     data.setdefault("format_version", FORMAT_VERSION)
     data.setdefault("distill_version", __version__)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(data, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_output(path) as tmp, open(tmp, "wb") as f:
+        torch.save(data, f)
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def load_checkpoint(path: str | Path, kind: str | None = None, map_location="cpu") -> dict:

@@ -23,7 +23,6 @@ import os
 import random
 import shutil
 import subprocess
-import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -33,6 +32,7 @@ import soundfile as sf
 from tqdm import tqdm
 
 from distill.errors import DataError
+from distill.fileio import atomic_output
 
 __all__ = [
     "VOICES",
@@ -187,23 +187,17 @@ def _valid_wav(path: Path) -> float | None:
 
 def _synthesise(exe: str, utt: Utterance, path: Path) -> float:
     """Run espeak-ng into a hidden temp file, check it, rename it into place. Returns seconds."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{utt.id}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        cmd = [exe, "-w", tmp, "-v", utt.voice, "-p", str(utt.pitch), "-s", str(utt.speed)]
+    with atomic_output(path, prefix=utt.id) as tmp:
+        cmd = [exe, "-w", str(tmp), "-v", utt.voice, "-p", str(utt.pitch), "-s", str(utt.speed)]
         proc = subprocess.run(cmd + ["--", utt.text], capture_output=True, text=True, timeout=120)
-        seconds = _valid_wav(Path(tmp)) if proc.returncode == 0 else None
+        seconds = _valid_wav(tmp) if proc.returncode == 0 else None
         if seconds is None:
             raise DataError(
                 f"espeak-ng failed for {utt.id} (voice {utt.voice!r}, exit {proc.returncode}): "
                 f"{proc.stderr.strip()[:200] or 'no audio written'}; check `espeak-ng "
                 f"--voices=en` lists the voice, or reinstall: apt-get install -y espeak-ng"
             )
-        os.replace(tmp, path)
-        return seconds
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    return seconds
 
 
 def make_espeak_corpus(
@@ -256,11 +250,9 @@ def make_espeak_corpus(
         ):
             seconds[uid] = duration
 
-    fd, tmp = tempfile.mkstemp(prefix=".metadata.", suffix=".tmp", dir=out_dir)
-    with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
+    with atomic_output(meta_path) as tmp, open(tmp, "w", encoding="utf-8", newline="") as f:
         writer = csv.writer(f, delimiter="|", quoting=csv.QUOTE_NONE, escapechar="\\")
         writer.writerows(u.row() for u in plan)
-    os.replace(tmp, meta_path)
     return CorpusSummary(
         out_dir=out_dir,
         num_utterances=len(plan),

@@ -27,7 +27,6 @@ import hashlib
 import json
 import os
 import re
-import tempfile
 import time
 import warnings
 from concurrent.futures import ThreadPoolExecutor
@@ -51,6 +50,7 @@ from distill.audio import (
 )
 from distill.config import AudioConfig, config_to_dict
 from distill.errors import AudioError, ConfigError, DataError, DistillError
+from distill.fileio import atomic_output
 
 __all__ = [
     "FORMAT_VERSION",
@@ -180,21 +180,13 @@ def _scan_ljspeech(root: Path) -> list[tuple[str, Path, str | None]]:
 
 def _save_npy(path: Path, array: np.ndarray) -> None:
     """np.save through a hidden temp file + os.replace: a file is either complete or absent."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.save(f, array)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_output(path) as tmp, open(tmp, "wb") as f:
+        np.save(f, array)
 
 
 def _write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    with atomic_output(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
 
 
 def _prepare_one(

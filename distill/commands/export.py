@@ -12,14 +12,14 @@ file is written (atomically), and loads with::
 from __future__ import annotations
 
 import argparse
-import os
-import tempfile
+from contextlib import ExitStack
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from distill.errors import CheckpointError, ConfigError
+from distill.fileio import atomic_output
 
 TOLERANCE = 1e-4
 
@@ -88,18 +88,16 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--out {out} is a folder; give a file name such as {out}/student.pt2")
     student = Student.from_checkpoint(args.checkpoint, device="cpu", use_ema=not args.no_ema)
     student = student.float().eval()
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{out.stem}.", suffix=".pt2", dir=out.parent)
-        os.close(fd)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it private; the result is an ordinary file
-    except OSError as err:
-        raise ConfigError(
-            f"cannot write {out} ({err.strerror or err}); choose another --out or fix permissions"
-        ) from err
-    try:
+    with ExitStack() as stack:
+        try:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            # the temp file first: an unwritable --out fails before the slow export
+            tmp = stack.enter_context(atomic_output(out, prefix=out.stem, suffix=".pt2"))
+        except OSError as err:
+            raise ConfigError(
+                f"cannot write {out} ({err.strerror or err}); choose another --out or fix "
+                "permissions"
+            ) from err
         try:
             program = export_student(student)
         except Exception as err:  # torch.export failures are not user errors, but say so clearly
@@ -109,9 +107,6 @@ def run(args: argparse.Namespace) -> int:
             ) from err
         err = check_export(program, student)
         torch.export.save(program, tmp)
-        os.replace(tmp, out)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
     cfg = student.audio_config
     print(
         f"exported {args.checkpoint} -> {out}: mel (B, {cfg.n_mels}, F) + noise (B, F * "
