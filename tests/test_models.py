@@ -229,3 +229,20 @@ def test_linear_prediction_is_causal_with_the_stated_receptive_field():
     grad = torch.autograd.grad(mu[0, 30] + log_sigma[0, 30], x)[0][0]
     seen = torch.nonzero(grad).flatten()
     assert seen.max().item() == 29 and 30 - seen.min().item() == 20
+
+
+def test_shift_and_log_scale_layers_stay_float32_under_bf16_autocast():
+    """Under autocast the WaveNet body runs in bf16 but the layers that make the shift, the
+    log-scale and the linear-prediction terms must not (sigma is ~1/100 of the signal)."""
+    teacher = Teacher.from_config(tiny_config("teacher.linear_prediction_order=5")).float()
+    lp = teacher.flow.layers[0].conditioner
+    dtypes = {}
+    layers = {"out": lp.wavenet.out, "head": lp.wavenet.head, "coef": lp.coef_proj}
+    for name, layer in {**layers, "scale": lp.scale_proj}.items():
+        layer.register_forward_hook(lambda m, i, o, name=name: dtypes.update({name: o.dtype}))
+    mel = mel_batch().float()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mu, log_sigma = teacher.gaussian_conditionals(torch.randn(2, 20) * 0.1, mel)
+    assert dtypes["head"] == torch.bfloat16  # autocast is on for the body
+    assert dtypes["out"] == dtypes["coef"] == dtypes["scale"] == torch.float32
+    assert mu.dtype == log_sigma.dtype == torch.float32

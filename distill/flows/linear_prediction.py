@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from distill.flows.wavenet import CausalWaveNet
+from distill.flows.wavenet import CausalWaveNet, full_precision
 
 __all__ = ["LinearPredictive"]
 
@@ -62,7 +62,7 @@ class LinearPredictive(nn.Module):
 
     def _linear_terms(self, cond: torch.Tensor, length: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Coefficients (B, order, T) and log-scale offset (B, T) at the sample rate."""
-        c = torch.cat([self.coef_proj(cond), self.scale_proj(cond)], dim=1)
+        c = torch.cat([full_precision(p, cond) for p in (self.coef_proj, self.scale_proj)], dim=1)
         if c.shape[-1] != length:
             c = F.interpolate(c, size=length, mode="linear", align_corners=False)
         return c[:, : self.order], c[:, self.order]

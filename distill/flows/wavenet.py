@@ -51,6 +51,22 @@ class StepState:
     fused: wavenet_fused.FusedStep | None = field(default=None, repr=False)
 
 
+def full_precision(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``layer(x)`` in float32 even under (bf16) autocast.
+
+    For the layers whose outputs become a flow's shift and log-scale: the shift is compared
+    with the sample at the scale of sigma, often ~1/100 of the signal, so bf16's ~3 significant
+    digits would put errors of several percent of sigma into every likelihood and KL term
+    (measured on the demo teacher: mean |d mu| / sigma 0.05, at most 0.9). Outside autocast it is
+    just ``layer(x)`` in the model's own dtype.
+    """
+    device = x.device.type
+    if not torch.is_autocast_enabled(device):
+        return layer(x)
+    with torch.autocast(device, enabled=False):
+        return layer(x.float())
+
+
 class CausalWaveNet(nn.Module):
     """Gated dilated causal convolutions; see the module docstring for the contract."""
 
@@ -131,7 +147,7 @@ class CausalWaveNet(nn.Module):
             skips = skips + skip(z)
             if i < last:
                 h = (h + self.res[i](z)) * math.sqrt(0.5)
-        out = self.out(torch.relu(self.head(torch.relu(skips))))
+        out = full_precision(self.out, torch.relu(self.head(torch.relu(skips))))
         return out[:, 0], out[:, 1]
 
     # --- one sample at a time -----------------------------------------------------------------
