@@ -451,6 +451,18 @@ class PreparedCorpus:
         mel = torch.from_numpy(np.array(mel[:, start_frame:end], dtype=np.float32))
         return audio, mel
 
+    def leading_clips(
+        self, split: str, count: int, max_seconds: float
+    ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """(audio (T,), mel) of the first ``count`` items of ``split``, each cut to its first
+        ``max_seconds``: the fixed clips that validation scores at every check."""
+        cfg = self.audio_config
+        max_frames = max(1, int(max_seconds * cfg.sample_rate / cfg.hop_length))
+        return [
+            self.load_segment(entry, 0, min(entry.num_frames, max_frames))
+            for entry in self.items(split)[:count]
+        ]
+
     def load(self, entry: Entry) -> tuple[torch.Tensor, torch.Tensor]:
         """A whole utterance: audio (T,) float32, mel (n_mels, F), ``T = F * hop_length``."""
         return self.load_segment(entry, 0, entry.num_frames)

@@ -178,11 +178,26 @@ class Stage:
         return {}
 
     def summary(self, result: TrainResult) -> str:
-        best = "none" if result.best_value is None else f"{result.best_value:.4f}"
-        return (
-            f"{self.kind}: step {result.step}, best {self.best_metric} {best} "
-            f"(step {result.best_step})"
-        )
+        """What the run reached, for the terminal: where it is, the stage's own lines
+        (:meth:`summary_lines`), then throughput, memory and skipped steps."""
+        lines = [
+            f"{self.kind}: step {result.step} in {result.out_dir}",
+            *self.summary_lines(result),
+        ]
+        if result.samples_per_s is not None:
+            lines.append(
+                f"  throughput {result.samples_per_s:,.0f} samples/s, peak memory "
+                f"{result.peak_mem_mb:,.0f} MB, {result.seconds:.0f} s"
+            )
+        if result.bad_steps:
+            lines.append(f"  {result.bad_steps} non-finite steps skipped")
+        return "\n".join(lines)
+
+    def summary_lines(self, result: TrainResult) -> list[str]:
+        """The stage's lines of :meth:`summary`: by default the best validation metric."""
+        if result.best_value is None:
+            return []
+        return [f"  best: {self.best_metric} {result.best_value:.4f} at step {result.best_step}"]
 
 
 # --- small pieces -----------------------------------------------------------------------------

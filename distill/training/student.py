@@ -187,14 +187,12 @@ class StudentStage(Stage):
     def validation_clips(self) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         """(real audio (T,), fixed noise (T,), mel (n_mels, F)) for each validation clip."""
         if self._val_clips is None:
-            tc, cfg = self.training, self.config.audio
-            max_frames = max(1, int(tc.val_max_seconds * cfg.sample_rate / cfg.hop_length))
+            tc = self.training
             gen = torch.Generator().manual_seed(tc.seed)
-            clips = []
-            for entry in self.corpus.items("val")[: tc.val_clips]:
-                audio, mel = self.corpus.load_segment(entry, 0, min(entry.num_frames, max_frames))
-                clips.append((audio, torch.randn(audio.shape, generator=gen), mel))
-            self._val_clips = clips
+            self._val_clips = [
+                (audio, torch.randn(audio.shape, generator=gen), mel)
+                for audio, mel in self.corpus.leading_clips("val", tc.val_clips, tc.val_max_seconds)
+            ]
         return self._val_clips
 
     def real_bits(self) -> float:
@@ -260,8 +258,8 @@ class StudentStage(Stage):
         )
         log_generated_vs_real(writer, "student", fake[0], real, mel, cfg, step)
 
-    def summary(self, result: TrainResult) -> str:
-        lines = [f"student: step {result.step} in {result.out_dir} (teacher {self.teacher_path})"]
+    def summary_lines(self, result: TrainResult) -> list[str]:
+        lines = [f"  teacher: {self.teacher_path}"]
         v = result.val
         if "val/kl_per_sample" in v:
             lines.append(
@@ -272,15 +270,4 @@ class StudentStage(Stage):
                 f"audio {v['val/stft']:.3f} (sc {v['val/stft_sc']:.3f} + log-mag "
                 f"{v['val/stft_mag']:.3f})"
             )
-        if result.best_value is not None:
-            lines.append(
-                f"  best: {self.best_metric} {result.best_value:.4f} at step {result.best_step}"
-            )
-        if result.samples_per_s is not None:
-            lines.append(
-                f"  throughput {result.samples_per_s:,.0f} samples/s, peak memory "
-                f"{result.peak_mem_mb:,.0f} MB, {result.seconds:.0f} s"
-            )
-        if result.bad_steps:
-            lines.append(f"  {result.bad_steps} non-finite steps skipped")
-        return "\n".join(lines)
+        return lines + super().summary_lines(result)

@@ -141,15 +141,12 @@ class TeacherStage(Stage):
     def validation_clips(self) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         """(audio on the 16-bit grid (T,), dequantised audio (T,), mel (n_mels, F)) per clip."""
         if self._val_clips is None:
-            tc, cfg = self.training, self.config.audio
-            max_frames = max(1, int(tc.val_max_seconds * cfg.sample_rate / cfg.hop_length))
+            tc = self.training
             gen = torch.Generator().manual_seed(tc.seed)
-            clips = []
-            for entry in self.corpus.items("val")[: tc.val_clips]:
-                audio, mel = self.corpus.load_segment(entry, 0, min(entry.num_frames, max_frames))
-                noisy = audio + torch.rand(audio.shape, generator=gen) * QUANT_STEP
-                clips.append((audio, noisy, mel))
-            self._val_clips = clips
+            self._val_clips = [
+                (audio, audio + torch.rand(audio.shape, generator=gen) * QUANT_STEP, mel)
+                for audio, mel in self.corpus.leading_clips("val", tc.val_clips, tc.val_max_seconds)
+            ]
         return self._val_clips
 
     def flac_bits(self) -> float:
@@ -191,8 +188,8 @@ class TeacherStage(Stage):
         fake = ema_model.sample(mel[None].to(self.device), noise=noise)[0]
         log_generated_vs_real(writer, "teacher", fake, real, mel, cfg, step)
 
-    def summary(self, result: TrainResult) -> str:
-        lines = [f"teacher: step {result.step} in {result.out_dir}"]
+    def summary_lines(self, result: TrainResult) -> list[str]:
+        lines = []
         v = result.val
         if "val/bits_per_sample" in v:
             lines.append(
@@ -204,14 +201,7 @@ class TeacherStage(Stage):
             )
         if result.best_value is not None:
             lines.append(f"  best: {result.best_value:.3f} bits/sample at step {result.best_step}")
-        if result.samples_per_s is not None:
-            lines.append(
-                f"  throughput {result.samples_per_s:,.0f} samples/s, peak memory "
-                f"{result.peak_mem_mb:,.0f} MB, {result.seconds:.0f} s"
-            )
-        if result.bad_steps:
-            lines.append(f"  {result.bad_steps} non-finite steps skipped")
-        return "\n".join(lines)
+        return lines
 
 
 def least_squares_predictor(audio: torch.Tensor, order: int) -> tuple[torch.Tensor, float]:
