@@ -18,25 +18,12 @@ DATA=${DATA:-data/prepared/$NAME}
 EXP=${EXP:-checkpoints/$NAME}
 TEACHER=${TEACHER:-$EXP/teacher/best.pt}
 STUDENT_DIR=${STUDENT_DIR:-$EXP/student}
-NPROC=${NPROC:-1}
-NNODES=${NNODES:-1}
 
-if [ -x .venv/bin/distill ]; then
-  PATH="$PWD/.venv/bin:$PATH"
-fi
+source recipes/lib/launch.sh
 
 if [ "$stage" -le 1 ] && [ 1 -le "$stop_stage" ]; then
   echo "=== distill_student stage 1: distil $TEACHER -> $STUDENT_DIR ($CONFIG, $DATA) ==="
   args=(distill-student --config "$CONFIG" --teacher "$TEACHER" --data "$DATA"
         --out "$STUDENT_DIR" "$@")
-  if [ "$NNODES" -gt 1 ]; then
-    python3 -m torch.distributed.run --nnodes="$NNODES" --node_rank="${NODE_RANK:?set NODE_RANK}" \
-      --master_addr="${MASTER_ADDR:?set MASTER_ADDR}" --master_port="${MASTER_PORT:-29500}" \
-      --nproc_per_node="$NPROC" -m distill.cli "${args[@]}"
-  elif [ "$NPROC" -gt 1 ]; then
-    python3 -m torch.distributed.run --standalone --nproc_per_node="$NPROC" -m distill.cli \
-      "${args[@]}"
-  else
-    distill "${args[@]}"
-  fi
+  run_distill "${args[@]}"
 fi

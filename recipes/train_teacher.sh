@@ -19,12 +19,8 @@ CORPUS=${CORPUS:-data/corpus/$NAME}
 DATA=${DATA:-data/prepared/$NAME}
 EXP=${EXP:-checkpoints/$NAME}
 TEACHER_DIR=${TEACHER_DIR:-$EXP/teacher}
-NPROC=${NPROC:-1}
-NNODES=${NNODES:-1}
 
-if [ -x .venv/bin/distill ]; then
-  PATH="$PWD/.venv/bin:$PATH"
-fi
+source recipes/lib/launch.sh
 
 if [ "$stage" -le 0 ] && [ 0 -le "$stop_stage" ]; then
   if [ -f "$DATA/prepared.json" ]; then
@@ -41,14 +37,5 @@ fi
 if [ "$stage" -le 1 ] && [ 1 -le "$stop_stage" ]; then
   echo "=== train_teacher stage 1: train the teacher -> $TEACHER_DIR ($CONFIG, $DATA) ==="
   args=(train-teacher --config "$CONFIG" --data "$DATA" --out "$TEACHER_DIR" "$@")
-  if [ "$NNODES" -gt 1 ]; then
-    python3 -m torch.distributed.run --nnodes="$NNODES" --node_rank="${NODE_RANK:?set NODE_RANK}" \
-      --master_addr="${MASTER_ADDR:?set MASTER_ADDR}" --master_port="${MASTER_PORT:-29500}" \
-      --nproc_per_node="$NPROC" -m distill.cli "${args[@]}"
-  elif [ "$NPROC" -gt 1 ]; then
-    python3 -m torch.distributed.run --standalone --nproc_per_node="$NPROC" -m distill.cli \
-      "${args[@]}"
-  else
-    distill "${args[@]}"
-  fi
+  run_distill "${args[@]}"
 fi

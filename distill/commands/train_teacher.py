@@ -8,53 +8,14 @@ from __future__ import annotations
 
 import argparse
 
-from distill.config import load_config
-from distill.training import distributed
-from distill.training.loop import seed_everything, train
+from distill.commands._training import add_training_arguments, run_training
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--config", default=None, help="YAML config, e.g. recipes/configs/demo.yaml"
-    )
-    parser.add_argument(
-        "--data", required=True, help="prepared folder (distill prepare), e.g. data/prepared/NAME"
-    )
-    parser.add_argument(
-        "--out",
-        required=True,
-        help="run folder for checkpoints and logs, e.g. checkpoints/NAME/teacher",
-    )
-    parser.add_argument(
-        "overrides",
-        nargs="*",
-        metavar="KEY=VALUE",
-        help="config overrides, e.g. teacher_training.steps=100",
-    )
-    parser.add_argument(
-        "--device", default=None, help="cpu or cuda (default: cuda:LOCAL_RANK if available)"
-    )
-    parser.add_argument(
-        "--stop-at",
-        type=int,
-        default=None,
-        metavar="STEP",
-        help="stop (after saving) at this step, keeping the full run's schedule; re-run to go on",
-    )
-    parser.add_argument("--no-progress", action="store_true", help="no tqdm progress bar")
+    add_training_arguments(parser, "teacher", "teacher_training.steps=100")
 
 
 def run(args: argparse.Namespace) -> int:
     from distill.training.teacher import TeacherStage
 
-    cfg = load_config(args.config, args.overrides)
-    ctx = distributed.setup(args.device)
-    try:
-        seed_everything(cfg.teacher_training.seed)  # identical initial weights on every rank
-        stage = TeacherStage(cfg, args.data)
-        result = train(stage, args.out, ctx, progress=not args.no_progress, stop_at=args.stop_at)
-        if ctx.is_main:
-            print(stage.summary(result))
-    finally:
-        distributed.cleanup(ctx)
-    return 0
+    return run_training(args, "teacher_training", lambda cfg: TeacherStage(cfg, args.data))
