@@ -6,7 +6,8 @@ from __future__ import annotations
 import argparse
 
 from distill.baselines import GRIFFIN_LIM_ITERS
-from distill.evaluation import EvaluationOptions, evaluate, format_tables
+from distill.evaluation import EvaluationOptions, evaluate
+from distill.report import format_tables
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
