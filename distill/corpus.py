@@ -187,7 +187,7 @@ def _valid_wav(path: Path) -> float | None:
 
 def _synthesise(exe: str, utt: Utterance, path: Path) -> float:
     """Run espeak-ng into a hidden temp file, check it, rename it into place. Returns seconds."""
-    with atomic_output(path, prefix=utt.id) as tmp:
+    with atomic_output(path) as tmp:
         cmd = [exe, "-w", str(tmp), "-v", utt.voice, "-p", str(utt.pitch), "-s", str(utt.speed)]
         proc = subprocess.run(cmd + ["--", utt.text], capture_output=True, text=True, timeout=120)
         seconds = _valid_wav(tmp) if proc.returncode == 0 else None

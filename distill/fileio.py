@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["atomic_output"]
+__all__ = ["atomic_output", "remove_stale_temps"]
 
 
 def _read_umask() -> int:
@@ -28,16 +28,14 @@ _UMASK = _read_umask()  # read once: os.umask can only be read by setting it, wh
 
 
 @contextmanager
-def atomic_output(
-    path: str | Path, prefix: str | None = None, suffix: str = ".tmp"
-) -> Iterator[Path]:
+def atomic_output(path: str | Path, suffix: str = ".tmp") -> Iterator[Path]:
     """Yield a temp path next to ``path``; on success it replaces ``path``, on error it goes.
 
-    ``prefix`` names the hidden temp file (default: the destination's name); ``suffix`` matters
-    to writers that infer the format from the extension.
+    The temp file is ``.NAME.XXXXXXXX`` + ``suffix`` (for writers that infer the format from
+    the extension) in ``path``'s folder: hidden, and found again by :func:`remove_stale_temps`.
     """
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{prefix or path.name}.", suffix=suffix, dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
     os.close(fd)
     try:
         os.chmod(tmp, 0o666 & ~_UMASK)
@@ -45,3 +43,11 @@ def atomic_output(
         os.replace(tmp, path)
     finally:
         Path(tmp).unlink(missing_ok=True)
+
+
+def remove_stale_temps(path: str | Path, suffix: str = ".tmp") -> None:
+    """Delete the temp files that writes to ``path`` left behind when a ``kill -9`` cut them
+    short: they are never complete, and no live write to ``path`` may run alongside."""
+    path = Path(path)
+    for tmp in path.parent.glob(f".{path.name}.*{suffix}"):
+        tmp.unlink(missing_ok=True)

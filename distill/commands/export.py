@@ -92,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
         try:
             out.parent.mkdir(parents=True, exist_ok=True)
             # the temp file first: an unwritable --out fails before the slow export
-            tmp = stack.enter_context(atomic_output(out, prefix=out.stem, suffix=".pt2"))
+            tmp = stack.enter_context(atomic_output(out, suffix=".pt2"))
         except OSError as err:
             raise ConfigError(
                 f"cannot write {out} ({err.strerror or err}); choose another --out or fix "

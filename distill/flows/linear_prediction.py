@@ -88,11 +88,9 @@ class LinearPredictive(nn.Module):
         """Output at ``t`` from ``u[:, :t]`` alone, recomputing the residual from scratch."""
         lo = max(0, t - self.receptive_field)  # residuals before lo + order are never read
         window_u = u[:, lo : t + 1]
-        residual = F.pad(window_u - self._predict(window_u, c[1][:, :, lo : t + 1]), (lo, 0))
-        shift, raw = self.wavenet.naive_step(residual, c[0], t)
-        past = u[:, max(0, t - self.order) : t]
-        window = F.pad(past, (self.order - past.shape[-1], 0))
-        return shift + (window * c[1][:, :, t]).sum(-1), raw + c[2][:, t]
+        prediction = self._predict(window_u, c[1][:, :, lo : t + 1])  # p_lo .. p_t
+        shift, raw = self.wavenet.naive_step(F.pad(window_u - prediction, (lo, 0)), c[0], t)
+        return shift + prediction[:, -1], raw + c[2][:, t]
 
     def start(self, cond: torch.Tensor, length: int) -> _LPState:
         inner = self.wavenet.start(cond, length)

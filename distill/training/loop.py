@@ -75,6 +75,7 @@ from torch.utils.data import DataLoader
 from distill.checkpoint import load_checkpoint, save_checkpoint
 from distill.config import Config, TrainingConfig, config_to_dict
 from distill.errors import CheckpointError, ConfigError, DistillError
+from distill.fileio import remove_stale_temps
 from distill.training import distributed
 from distill.training.distributed import DistContext, ShardedBatches
 
@@ -367,13 +368,6 @@ def check_out_dir(out_dir: Path, stage: Stage) -> dict | None:
     return found
 
 
-def _remove_stale_temps(out_dir: Path) -> None:
-    """Temp files of saves a kill -9 interrupted (``.latest.pt.XXXX.tmp``): never complete."""
-    for name in CHECKPOINT_NAMES:
-        for tmp in out_dir.glob(f".{name}.*.tmp"):
-            tmp.unlink(missing_ok=True)
-
-
 # --- the loop ---------------------------------------------------------------------------------
 
 
@@ -504,7 +498,8 @@ def train(
     bar = None
     if ctx.is_main:
         out.mkdir(parents=True, exist_ok=True)
-        _remove_stale_temps(out)
+        for name in CHECKPOINT_NAMES:  # saves a kill -9 interrupted
+            remove_stale_temps(out / name)
         from torch.utils.tensorboard import SummaryWriter
 
         writer = SummaryWriter(str(out / "tb"), purge_step=step if step > 0 else None)
