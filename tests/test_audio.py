@@ -139,11 +139,22 @@ def test_save_is_16_bit_clipped_atomic_and_round_trips(tmp_path):
 
 
 def test_quantize_is_idempotent_and_matches_int16():
-    x = torch.rand(1000) * 2 - 1
+    # The grid's top is 1 - QUANT_STEP, so the last half step below 1.0 clips (error < 1 step);
+    # the edge values are included explicitly rather than left to chance.
+    top = 1.0 - QUANT_STEP / 4
+    x = torch.cat(
+        [
+            torch.rand(1000, generator=torch.Generator().manual_seed(0)) * 2 - 1,
+            torch.tensor([top, -1.0, 1.0 - QUANT_STEP]),
+        ]
+    )
     q = quantize_16bit(x)
     torch.testing.assert_close(quantize_16bit(q), q, atol=0, rtol=0)
     torch.testing.assert_close(from_int16(to_int16(x)), q, atol=0, rtol=0)
-    assert (q - x).abs().max() <= QUANT_STEP / 2
+    inside = x < 1.0 - QUANT_STEP / 2
+    assert (q - x)[inside].abs().max() <= QUANT_STEP / 2
+    assert q[x == top].item() == 1.0 - QUANT_STEP
+    assert (q - x).abs().max() < QUANT_STEP
 
 
 def test_preprocess_trims_silence_and_normalises_the_peak():
