@@ -30,6 +30,7 @@ __all__ = [
     "AUDIO_EXTENSIONS",
     "MEL_POWER",
     "check_audio_config",
+    "frame_padding",
     "log_mel",
     "silence_log_mel",
     "load_audio",
@@ -118,7 +119,7 @@ def _mel_module(cfg: AudioConfig, device: torch.device, dtype: torch.dtype):
     return module
 
 
-def _frame_padding(cfg: AudioConfig) -> tuple[int, int]:
+def frame_padding(cfg: AudioConfig) -> tuple[int, int]:
     """Left/right padding that centres frame ``f`` on sample ``f * hop + hop / 2``."""
     total = cfg.n_fft - cfg.hop_length
     return total // 2, total - total // 2
@@ -150,7 +151,7 @@ def log_mel(audio: torch.Tensor, cfg: AudioConfig) -> torch.Tensor:
         audio = audio.float()
     lead = audio.shape[:-1]
     x = audio.reshape(-1, 1, length)  # (N, 1, T): F.pad's reflect mode wants a channel axis
-    left, right = _frame_padding(cfg)
+    left, right = frame_padding(cfg)
     mode = "reflect" if length > max(left, right) else "constant"
     x = F.pad(x, (left, right), mode=mode).squeeze(1)  # (N, T + n_fft - hop)
     mel = _mel_module(cfg, x.device, x.dtype)(x)  # (N, n_mels, F)

@@ -86,6 +86,7 @@ class StudentConfig:
         ),
     ) * 4
     linear_prediction_order: int = 0  # mel-conditioned linear path in every flow; 0: off
+    harmonic_source: bool = False  # base N(pulse train at the mel's predicted F0, I); pitch.py
     upsampler_channels: int = 80
     upsampler_kernel: int = 5
     log_scale_min: float = -7.0
@@ -127,6 +128,8 @@ class DistillLossConfig:
     log_sigma_reg: float = 4.0  # ClariNet's lambda on (log sigma - log S)^2; 0 disables
     stft_weight: float = 1.0
     power_weight: float = 0.0
+    pitch_weight: float = 1.0  # supervised F0/voicing loss of student.harmonic_source
+    pitch_init_steps: int = 300  # its predictor's supervised start on whole clips (fresh runs)
     stft_resolutions: tuple[tuple[int, int, int], ...] = (
         (512, 128, 512),
         (1024, 256, 1024),

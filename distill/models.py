@@ -17,6 +17,7 @@ from distill.config import AudioConfig, Config, WaveNetConfig
 from distill.errors import ConfigError
 from distill.flows import AffineAutoregressive, CausalWaveNet, FlowStack, standard_normal_log_prob
 from distill.flows.linear_prediction import LinearPredictive
+from distill.pitch import HarmonicSource
 
 __all__ = ["MelUpsampler", "Teacher", "Student", "check_mel"]
 
@@ -213,9 +214,16 @@ class Student(_AudioFlow):
             s.linear_prediction_order,
         )
 
+        # The base is N(source(mel), I) with a harmonic source, N(0, I) without.
+        self.source = HarmonicSource(config.audio) if s.harmonic_source else None
+
     @classmethod
     def from_config(cls, config: Config) -> Student:
         return cls(config)
+
+    def base_mean(self, mel: torch.Tensor) -> torch.Tensor | None:
+        """The base distribution's mean (B, T): the predicted excitation, or None (zero)."""
+        return None if self.source is None else self.source(mel)
 
     def sample(
         self, mel: torch.Tensor, temperature: float = 1.0, noise: torch.Tensor | None = None
@@ -223,11 +231,13 @@ class Student(_AudioFlow):
         """mel (B, n_mels, F) -> audio (B, T), log_prob (B,).
 
         ``log_prob`` is the model's log-density of the returned audio (at temperature 1), the
-        same number :meth:`log_prob` gives for it.
+        same number :meth:`log_prob` gives for it. ``temperature`` scales the noise about the
+        base mean (the excitation is not tempered).
         """
         ctx = self.context(mel)
         z = self._noise(mel, temperature, noise)
-        x, log_det = self.flow(z, ctx)
+        shift = self.base_mean(mel)
+        x, log_det = self.flow(z if shift is None else z + shift, ctx)
         return x, standard_normal_log_prob(z) - log_det
 
     def sample_with_conditionals(
@@ -238,10 +248,11 @@ class Student(_AudioFlow):
         Returns audio (B, T), log_prob (B,), mean (B, T), log_scale (B, T).
         """
         ctx = self.context(mel)
-        return self.flow.sample_with_conditionals(self._noise(mel, temperature, noise), ctx)
+        z = self._noise(mel, temperature, noise)
+        return self.flow.sample_with_conditionals(z, ctx, base_mean=self.base_mean(mel))
 
     def log_prob(self, audio: torch.Tensor, mel: torch.Tensor) -> torch.Tensor:
         """log q(audio | mel) (B,) by sequential inversion: slow, for tests and evaluation."""
         ctx = self.context(mel)
         self._check_audio(audio, mel)
-        return self.flow.log_prob(audio, ctx)
+        return self.flow.log_prob(audio, ctx, base_mean=self.base_mean(mel))

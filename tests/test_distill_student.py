@@ -251,3 +251,25 @@ def test_student_checkpoint_carries_the_teacher_section(setup, tmp_path):
     stage = StudentStage(run_cfg, teacher_path, data)
     assert stage.config.teacher == config.teacher  # from the teacher's own checkpoint
     assert isinstance(stage.model, Student)
+
+
+def test_harmonic_source_starts_fitted_and_trains_with_the_pitch_loss(setup, tmp_path):
+    config, teacher_path, data = setup
+    config = dataclasses.replace(
+        config,
+        student=dataclasses.replace(config.student, harmonic_source=True),
+        distill=dataclasses.replace(config.distill, pitch_init_steps=20),
+        student_training=dataclasses.replace(config.student_training, steps=2),
+    )
+    untouched = Student(config).source.predictor.out.weight.clone()
+    stage = StudentStage(config, teacher_path, data)
+    assert stage.model.source is not None
+    assert not torch.equal(stage.model.source.predictor.out.weight, untouched)  # fit at init
+    audio, mel = next(iter(torch.utils.data.DataLoader(stage.train_dataset(), batch_size=2)))
+    out = stage.train_step(stage.objective, (audio, mel))
+    assert torch.isfinite(out["loss"]) and out["loss/pitch"] > 0
+    assert {"pitch/gross_error", "pitch/voicing_error"} <= set(out)
+    train(stage, tmp_path / "student", progress=False)
+    reloaded = Student.from_checkpoint(tmp_path / "student" / "latest.pt")
+    x, _ = reloaded.sample(mel)
+    assert x.shape == audio.shape and torch.isfinite(x).all()

@@ -42,6 +42,8 @@ def randomized(model):
             torch.nn.init.normal_(layer.conditioner.coef_proj.weight, std=0.1)
             torch.nn.init.normal_(layer.conditioner.coef_proj.bias, std=0.1)
             torch.nn.init.normal_(layer.conditioner.scale_proj.weight, std=0.1)
+    if getattr(model, "source", None) is not None:
+        torch.nn.init.normal_(model.source.predictor.out.weight, std=0.1)
     return model.double()
 
 
@@ -93,7 +95,12 @@ def test_teacher_sample_and_density_run_in_float32():
 
 
 @pytest.mark.parametrize(
-    "lp", ["student.linear_prediction_order=0", "student.linear_prediction_order=3"]
+    "lp",
+    [
+        "student.linear_prediction_order=0",
+        "student.linear_prediction_order=3",
+        "student.harmonic_source=true",
+    ],
 )
 def test_student_log_prob_of_its_sample_equals_returned_log_prob(lp):
     student = randomized(Student.from_config(tiny_config(lp)))
@@ -123,7 +130,11 @@ def test_batch_equals_per_item():
 
 @pytest.mark.parametrize("cls", [Teacher, Student])
 def test_mel_reaches_every_layer_and_every_parameter_learns(cls):
-    lp = ("teacher.linear_prediction_order=5", "student.linear_prediction_order=3")
+    lp = (
+        "teacher.linear_prediction_order=5",
+        "student.linear_prediction_order=3",
+        "student.harmonic_source=true",
+    )
     model = randomized(cls.from_config(tiny_config(*lp)))
     mel = mel_batch()
     audio = torch.randn(2, 20, dtype=torch.float64) * 0.2

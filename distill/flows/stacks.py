@@ -67,9 +67,13 @@ class FlowStack(nn.Module):
             log_det = log_det + ld
         return x, log_det
 
-    def log_prob(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
-        """log p(x | context): (B,) in nats."""
+    def log_prob(
+        self, x: torch.Tensor, context: torch.Tensor, base_mean: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """log p(x | context): (B,) in nats. The base is ``N(base_mean, I)`` (default 0)."""
         z, log_det = self.inverse(x, context)
+        if base_mean is not None:
+            z = z - base_mean
         return standard_normal_log_prob(z) + log_det
 
     def sample_with_log_prob(self, noise: torch.Tensor, context: torch.Tensor, naive=False):
@@ -104,14 +108,21 @@ class FlowStack(nn.Module):
             h = (h - shift) * torch.exp(-log_scale)
         return _fold(reversed(params))
 
-    def sample_with_conditionals(self, noise: torch.Tensor, context: torch.Tensor):
+    def sample_with_conditionals(
+        self, noise: torch.Tensor, context: torch.Tensor, base_mean: torch.Tensor | None = None
+    ):
         """IAF stack: sample x, its log-density, and the per-step ``M_t, log S_t`` given ``z_{<t}``.
 
-        noise: (B, D) -> x, log_prob (B,), mean (B, D), log_scale (B, D).
+        noise: (B, D) -> x, log_prob (B,), mean (B, D), log_scale (B, D). With ``base_mean`` the
+        base is ``N(base_mean, I)``: the stack reads ``noise + base_mean``, a shift that folds
+        in as a first affine step with unit scale.
         """
         layers = self._affine_layers()
         params = []
         h = noise
+        if base_mean is not None:
+            params.append((base_mean, torch.zeros_like(base_mean)))
+            h = noise + base_mean
         for layer in layers:
             if layer.mode != "iaf":
                 raise ConfigError("sample_with_conditionals(noise) is for IAF stacks")

@@ -45,6 +45,7 @@ from distill.errors import CheckpointError, ConfigError, DataError
 from distill.losses import DistillationLoss, check_estimator
 from distill.metrics import nll_bits_per_sample
 from distill.models import Student, Teacher
+from distill.pitch import fit_predictor
 from distill.training.loop import Stage, TrainResult
 from distill.training.media import log_generated_vs_real
 
@@ -110,13 +111,18 @@ class DistillObjective(nn.Module):
     def forward(self, audio: torch.Tensor, mel: torch.Tensor) -> dict[str, torch.Tensor]:
         """audio (B, T) real segments, mel (B, n_mels, F) -> ``{"loss": total, name: scalar}``.
 
-        Named terms: ``loss/<term>`` (kl, log_sigma_reg, stft, power), ``kl/per_sample``,
+        Named terms: ``loss/<term>`` (kl, log_sigma_reg, stft, power, pitch), ``kl/per_sample``,
         ``stft/sc``, ``stft/mag``, ``student/entropy_per_sample``,
         ``teacher/bits_per_sample_student`` and, closed form, the mean log-scales of both.
         """
         result = self.loss(self.student, self.teacher, mel, real=audio)
         out = result.scalars()
         out["loss"] = result.total  # scalars() detaches; the loop backpropagates this one
+        if self.student.source is not None:  # the F0 predictor learns from YIN on the real clip
+            pitch, metrics = self.student.source.loss(mel, audio)
+            out["loss"] = out["loss"] + self.loss.config.pitch_weight * pitch
+            out["loss/pitch"] = pitch.detach()
+            out.update(metrics)
         nll = out.pop("teacher/nll_per_sample")
         out["teacher/bits_per_sample_student"] = nll / _LN2 + 15.0
         return out
@@ -154,6 +160,15 @@ class StudentStage(Stage):
         self.teacher = frozen
         self.teacher_step = int(tdata.get("step", -1))
         self.model = init_student(config, frozen)
+        if self.model.source is not None and config.distill.pitch_init_steps > 0:
+            # a fresh run's start (resuming loads over it); same seed, same result on every rank
+            clips = [self.corpus.load(e) for e in self.corpus.items("train")]
+            fit_predictor(
+                self.model.source,
+                clips,
+                config.distill.pitch_init_steps,
+                seed=config.student_training.seed,
+            )
         check_estimator(self.model, frozen, config.distill.estimator)
         self.loss = DistillationLoss(config.distill)
         self.objective = DistillObjective(self.model, frozen, self.loss)
