@@ -31,6 +31,7 @@ __all__ = [
     "MEL_POWER",
     "check_audio_config",
     "frame_padding",
+    "network_input",
     "log_mel",
     "silence_log_mel",
     "load_audio",
@@ -157,6 +158,15 @@ def log_mel(audio: torch.Tensor, cfg: AudioConfig) -> torch.Tensor:
     mel = _mel_module(cfg, x.device, x.dtype)(x)  # (N, n_mels, F)
     mel = torch.log(torch.clamp(mel, min=cfg.log_floor))
     return mel.reshape(*lead, cfg.n_mels, length // cfg.hop_length)
+
+
+def network_input(mel: torch.Tensor) -> torch.Tensor:
+    """A log-mel centred and scaled to roughly unit range, as every network reads it.
+
+    Natural-log mel of speech spans about [-11.5, 2] (floor 1e-5); ``(mel + 5) / 3`` lets the
+    first convolution train at the usual learning rate.
+    """
+    return (mel + 5.0) / 3.0
 
 
 def silence_log_mel(cfg: AudioConfig, num_frames: int, device=None) -> torch.Tensor:

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from distill.audio import network_input
 from distill.config import AudioConfig, Config, WaveNetConfig
 from distill.errors import ConfigError
 from distill.flows import AffineAutoregressive, CausalWaveNet, FlowStack, standard_normal_log_prob
@@ -20,11 +21,6 @@ from distill.flows.linear_prediction import LinearPredictive
 from distill.pitch import HarmonicSource
 
 __all__ = ["MelUpsampler", "Teacher", "Student", "check_mel"]
-
-# Natural-log mel of speech spans about [-11.5, 2] (floor 1e-5): centre and scale it to roughly
-# unit range so the first convolution trains at the usual learning rate.
-_MEL_OFFSET = 5.0
-_MEL_SCALE = 3.0
 
 
 class MelUpsampler(nn.Module):
@@ -46,7 +42,7 @@ class MelUpsampler(nn.Module):
 
     def encode(self, mel: torch.Tensor) -> torch.Tensor:
         """mel: (B, n_mels, F) -> (B, C, F)."""
-        x = (mel + _MEL_OFFSET) / _MEL_SCALE
+        x = network_input(mel)
         x = F.leaky_relu(self.conv1(x), 0.2)
         return F.leaky_relu(self.conv2(x), 0.2)
 

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from distill.audio import frame_padding
+from distill.audio import frame_padding, network_input
 from distill.config import AudioConfig
 
 __all__ = [
@@ -167,7 +167,7 @@ class PitchPredictor(nn.Module):
         nn.init.zeros_(self.out.bias)
 
     def forward(self, mel: torch.Tensor):
-        x = (mel + 5.0) / 3.0  # the same centring as the upsampler's
+        x = network_input(mel)
         smooth = F.avg_pool1d(x.transpose(1, 2), 5, 1, 2, count_include_pad=False).transpose(1, 2)
         x = torch.cat([x, 3.0 * (x - smooth)], 1)
         for conv in self.convs:
