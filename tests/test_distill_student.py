@@ -22,6 +22,7 @@ from distill.config import (
 from distill.errors import CheckpointError, ConfigError
 from distill.losses import DistillationLoss
 from distill.models import Student, Teacher
+from distill.training import student as student_training
 from distill.training.loop import train
 from distill.training.student import DistillObjective, StudentStage
 
@@ -253,7 +254,9 @@ def test_student_checkpoint_carries_the_teacher_section(setup, tmp_path):
     assert isinstance(stage.model, Student)
 
 
-def test_harmonic_source_starts_fitted_and_trains_with_the_pitch_loss(setup, tmp_path):
+def test_harmonic_source_starts_fitted_and_trains_with_the_pitch_loss(
+    setup, tmp_path, monkeypatch
+):
     config, teacher_path, data = setup
     config = dataclasses.replace(
         config,
@@ -261,15 +264,28 @@ def test_harmonic_source_starts_fitted_and_trains_with_the_pitch_loss(setup, tmp
         distill=dataclasses.replace(config.distill, pitch_init_steps=20),
         student_training=dataclasses.replace(config.student_training, steps=2),
     )
-    untouched = Student(config).source.predictor.out.weight.clone()
     stage = StudentStage(config, teacher_path, data)
     assert stage.model.source is not None
-    assert not torch.equal(stage.model.source.predictor.out.weight, untouched)  # fit at init
+    assert not stage.model.source.predictor.out.weight.any()  # zero-initialised head
+    stage.fresh_start()
+    assert stage.model.source.predictor.out.weight.any()  # fitted on whole clips
     audio, mel = next(iter(torch.utils.data.DataLoader(stage.train_dataset(), batch_size=2)))
     out = stage.train_step(stage.objective, (audio, mel))
     assert torch.isfinite(out["loss"]) and out["loss/pitch"] > 0
     assert {"pitch/gross_error", "pitch/voicing_error"} <= set(out)
-    train(stage, tmp_path / "student", progress=False)
+
+    fits = []
+    real_fit = student_training.fit_predictor
+    monkeypatch.setattr(
+        student_training, "fit_predictor", lambda *a, **k: fits.append(1) or real_fit(*a, **k)
+    )
+    train(StudentStage(config, teacher_path, data), tmp_path / "student", progress=False)
+    assert len(fits) == 1  # a fresh run fits the predictor ...
+    longer = dataclasses.replace(
+        config, student_training=dataclasses.replace(config.student_training, steps=3)
+    )
+    train(StudentStage(longer, teacher_path, data), tmp_path / "student", progress=False)
+    assert len(fits) == 1  # ... a resumed one loads it from latest.pt
     reloaded = Student.from_checkpoint(tmp_path / "student" / "latest.pt")
     x, _ = reloaded.sample(mel)
     assert x.shape == audio.shape and torch.isfinite(x).all()

@@ -153,6 +153,10 @@ class Stage:
         """Called once before training with the device; ``self.model`` is moved by the loop."""
         self.device = device
 
+    def fresh_start(self) -> None:
+        """Called after :meth:`setup` on a run that does not resume (on every rank, before the
+        EMA copy): work whose result a resumed checkpoint would overwrite anyway."""
+
     def train_module(self) -> nn.Module:
         """The module whose ``forward`` ``train_step`` calls (wrapped in DDP/compile)."""
         return self.model
@@ -435,6 +439,8 @@ def train(
     # --- model, EMA, optimizer (all ranks build the same: seeded, and DDP broadcasts rank 0's)
     stage.setup(device)
     model = stage.model.to(device)
+    if resume is None:
+        stage.fresh_start()
     model.train()
     ema = copy.deepcopy(model).eval().requires_grad_(False)
     params = [p for p in model.parameters() if p.requires_grad]

@@ -160,15 +160,6 @@ class StudentStage(Stage):
         self.teacher = frozen
         self.teacher_step = int(tdata.get("step", -1))
         self.model = init_student(config, frozen)
-        if self.model.source is not None and config.distill.pitch_init_steps > 0:
-            # a fresh run's start (resuming loads over it); same seed, same result on every rank
-            clips = [self.corpus.load(e) for e in self.corpus.items("train")]
-            fit_predictor(
-                self.model.source,
-                clips,
-                config.distill.pitch_init_steps,
-                seed=config.student_training.seed,
-            )
         check_estimator(self.model, frozen, config.distill.estimator)
         self.loss = DistillationLoss(config.distill)
         self.objective = DistillObjective(self.model, frozen, self.loss)
@@ -180,6 +171,14 @@ class StudentStage(Stage):
     def setup(self, device: torch.device) -> None:
         super().setup(device)
         self.teacher.to(device)
+
+    def fresh_start(self) -> None:
+        """A harmonic source's pitch predictor starts fitted on whole training clips (same seed,
+        same result on every rank); a resumed run skips it: its checkpoint holds the weights."""
+        steps = self.config.distill.pitch_init_steps
+        if self.model.source is not None and steps > 0:
+            clips = [self.corpus.load(e) for e in self.corpus.items("train")]
+            fit_predictor(self.model.source, clips, steps, seed=self.training.seed)
 
     def train_module(self) -> nn.Module:
         return self.objective
