@@ -6,6 +6,10 @@ On the clips of a prepared split (whole utterances, not training segments):
   draw of the same dequantisation noise ``u ~ U[0, 2^-15)`` as training (an estimate of an upper
   bound on the code length of the 16-bit clip), against FLAC's bits per sample on the same
   16-bit clips (a lossless codec: the baseline any density model of audio must beat).
+- **Prediction gain** (teacher): ``10 log10(sum x^2 / sum (x - mu)^2)`` in dB over the real
+  clips, ``mu`` the teacher's one-step prediction: the codec engineer's measure of how much of
+  the waveform a predictor explains. The student inherits the teacher's innovation noise, so
+  this bounds how clean it can sound (see docs/design.md, "What limits the student").
 - **Distillation** (student, needs the teacher): closed-form per-step KL(student || teacher) in
   nats per sample at one student sample per clip (with its Monte Carlo twin as a check), and
   the teacher's bits per sample of the student's samples against those of the real audio.
@@ -289,9 +293,12 @@ def evaluate(
         seed = options.seed + i
         if teacher is not None:
             x = _dequantize(audio, seed).to(device)
-            row["teacher_bits_per_sample"] = metrics.nll_bits_per_sample(
-                teacher_log_prob(teacher, x, mel_d, chunk), T
-            )
+            mu, log_sigma = teacher_conditionals(teacher, x, mel_d, chunk)
+            x, mu = x.double(), mu.double()
+            log_p = float(gaussian_log_prob(x, mu, log_sigma.double()).sum())
+            row["teacher_bits_per_sample"] = metrics.nll_bits_per_sample(log_p, T)
+            row["signal_energy"] = float(x.square().sum())
+            row["teacher_residual_energy"] = float((x - mu).square().sum())
             noise = _noise(T, seed, device)
             x_s, log_q, mean, log_scale = student.sample_with_conditionals(mel_d[None], noise)
             mu, log_sigma = teacher_conditionals(teacher, x_s[0], mel_d, chunk)
@@ -376,6 +383,10 @@ def _likelihood_summary(per_clip: list[dict], with_teacher: bool) -> dict:
     if with_teacher:
         out["teacher_bits_per_sample"] = weighted("teacher_bits_per_sample")
         out["teacher_bits_per_sample_of_student"] = weighted("teacher_bits_per_sample_of_student")
+        out["teacher_prediction_gain_db"] = 10 * math.log10(
+            sum(r["signal_energy"] for r in per_clip)
+            / max(sum(r["teacher_residual_energy"] for r in per_clip), 1e-30)
+        )
         out["student_kl_nats_per_sample"] = float(
             np.mean([r["kl_nats_per_sample"] for r in per_clip])
         )

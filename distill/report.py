@@ -78,7 +78,7 @@ def format_tables(result: dict) -> str:
         "",
         *_quality_table(result["copy_synthesis"]),
         "",
-        "Likelihood, bits per sample at 16-bit (lower is better):",
+        "Likelihood, bits per sample at 16-bit (lower is better) unless stated:",
         "",
         "| quantity | value |",
         "|---|---|",
@@ -89,6 +89,8 @@ def format_tables(result: dict) -> str:
     if "teacher_bits_per_sample" in lik:
         lines += [
             f"| teacher NLL of the real clips | {_fmt(lik['teacher_bits_per_sample'])} |",
+            f"| teacher prediction gain on the real clips, dB (higher is better) | "
+            f"{_fmt(lik['teacher_prediction_gain_db'], 2)} |",
             f"| teacher NLL of the student's samples | "
             f"{_fmt(lik['teacher_bits_per_sample_of_student'])} |",
             f"| KL(student ‖ teacher), nats/sample (closed form) | "
@@ -153,10 +155,13 @@ Likelihood: the teacher's bits/sample are `-log2 p(x + u) / T + 15`, with one dr
 training dequantisation noise `u ~ U[0, 2^-15)` per clip; FLAC's are the bytes of the 16-bit
 clip encoded by libsndfile in memory, header and metadata included, times 8 over the number of
 samples; both are averaged over clips weighted by length (total bits over total samples). The
-KL is the closed-form sum over time of the per-step Gaussian KL between student and teacher at
-one student sample (temperature 1) per clip, divided by its length and averaged over clips;
-the Monte Carlo row, `(log q(x) - log p(x)) / T` at the same sample, estimates the same
-quantity.
+prediction gain is `10 log10(sum x^2 / sum (x - mu)^2)` over all real clips, `mu` the teacher's
+one-step prediction from the true past: how much of the waveform it predicts. A sample of the
+teacher, and so of a student distilled from it, carries an innovation about that far below the
+signal (docs/design.md, "What limits the student"). The KL is the closed-form sum over time of
+the per-step Gaussian KL between student and teacher at one student sample (temperature 1) per
+clip, divided by its length and averaged over clips; the Monte Carlo row, `(log q(x) - log
+p(x)) / T` at the same sample, estimates the same quantity.
 
 Speed: `Synthesizer.synthesize` (the student alone, one parallel pass per whole clip, mel
 from and audio back to the CPU, after one warm-up pass) in {result["speed"]["dtype"]} on

@@ -254,9 +254,7 @@ def test_student_checkpoint_carries_the_teacher_section(setup, tmp_path):
     assert isinstance(stage.model, Student)
 
 
-def test_harmonic_source_starts_fitted_and_trains_with_the_pitch_loss(
-    setup, tmp_path, monkeypatch
-):
+def test_harmonic_source_starts_fitted_and_trains_with_the_pitch_loss(setup, tmp_path, monkeypatch):
     config, teacher_path, data = setup
     config = dataclasses.replace(
         config,

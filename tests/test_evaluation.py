@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import shutil
 from pathlib import Path
 
@@ -173,6 +174,14 @@ def test_evaluate_writes_report_metrics_figures_and_wavs(
     ):
         assert np.isfinite(lik[key]), key
     assert 0 < lik["flac_bits_per_sample"] < 16
+    rows = result["per_clip"]
+    signal = sum(r["signal_energy"] for r in rows)
+    residual = sum(r["teacher_residual_energy"] for r in rows)
+    assert lik["teacher_prediction_gain_db"] == pytest.approx(10 * math.log10(signal / residual))
+    corpus = PreparedCorpus(tiny_prepared_dir)
+    real = sum(float(corpus.load(e)[0].double().square().sum()) for e in corpus.items("val")[:2])
+    assert signal == pytest.approx(real, rel=1e-3)  # the real clips, dequantised
+    assert "teacher prediction gain" in report
     assert lik["student_kl_nats_per_sample"] > 0
     # an untrained student is far from the real audio; Griffin-Lim from the same mel is close
     gl = result["copy_synthesis"]["griffin_lim_8"]
