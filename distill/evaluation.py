@@ -383,9 +383,9 @@ def _likelihood_summary(per_clip: list[dict], with_teacher: bool) -> dict:
     if with_teacher:
         out["teacher_bits_per_sample"] = weighted("teacher_bits_per_sample")
         out["teacher_bits_per_sample_of_student"] = weighted("teacher_bits_per_sample_of_student")
-        out["teacher_prediction_gain_db"] = 10 * math.log10(
-            sum(r["signal_energy"] for r in per_clip)
-            / max(sum(r["teacher_residual_energy"] for r in per_clip), 1e-30)
+        out["teacher_prediction_gain_db"] = metrics.prediction_gain_db(
+            sum(r["signal_energy"] for r in per_clip),
+            sum(r["teacher_residual_energy"] for r in per_clip),
         )
         out["student_kl_nats_per_sample"] = float(
             np.mean([r["kl_nats_per_sample"] for r in per_clip])

@@ -52,6 +52,7 @@ __all__ = [
     "mcd_from_log_mel",
     "flac_bits_per_sample",
     "nll_bits_per_sample",
+    "prediction_gain_db",
     "real_time_factor",
 ]
 
@@ -243,6 +244,12 @@ def nll_bits_per_sample(log_prob_nats, num_samples: int):
     """``-log2 p(x) / T + 15``: a density in nats (on audio in [-1, 1)) as bits per 16-bit
     sample, where 2^-15 is the width of one quantisation bin. Works on floats and tensors."""
     return -log_prob_nats / (num_samples * math.log(2.0)) + 15.0
+
+
+def prediction_gain_db(signal_energy: float, residual_energy: float) -> float:
+    """``10 log10(sum x^2 / sum (x - mu)^2)``: how far below the signal a one-step predictor's
+    residual lies, in dB (a codec's measure; sums over all samples, so loud ones dominate)."""
+    return 10.0 * math.log10(signal_energy / max(residual_energy, 1e-30))
 
 
 def real_time_factor(compute_seconds: float, audio_seconds: float) -> float:

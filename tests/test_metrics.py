@@ -206,6 +206,21 @@ def test_nll_bits_per_sample_of_the_uniform_density_is_16_bits():
     assert metrics.real_time_factor(0.5, 2.0) == 0.25
 
 
+def test_prediction_gain_of_the_optimal_ar1_predictor_matches_the_closed_form():
+    # x_t = a x_{t-1} + e_t: stationary variance s_e^2 / (1 - a^2), so the optimal one-step
+    # predictor a x_{t-1} gains -10 log10(1 - a^2) dB (7.21 dB at a = 0.9)
+    a, n = 0.9, 200_000
+    e = np.random.default_rng(0).standard_normal(n)
+    x = np.zeros(n)
+    for t in range(1, n):
+        x[t] = a * x[t - 1] + e[t]
+    x = x[1000:]  # past the start-up transient
+    residual = x[1:] - a * x[:-1]
+    gain = metrics.prediction_gain_db(float(x[1:] @ x[1:]), float(residual @ residual))
+    assert gain == pytest.approx(-10 * math.log10(1 - a * a), abs=0.1)
+    assert metrics.prediction_gain_db(1.0, 1.0) == 0.0
+
+
 # --- Griffin-Lim baseline -----------------------------------------------------------------------
 
 

@@ -159,9 +159,11 @@ def test_likelihood_module_equals_teacher_log_prob(tiny_audio_config):
     hop = tiny_audio_config.hop_length
     audio = 0.1 * torch.randn(3, 3 * hop, dtype=torch.float64)
     mel = torch.randn(3, tiny_audio_config.n_mels, 3, dtype=torch.float64) - 4
-    lp, log_sigma = TeacherLikelihood(teacher)(audio, mel)
+    lp, log_sigma, residual = TeacherLikelihood(teacher)(audio, mel)
     torch.testing.assert_close(lp.double(), teacher.log_prob(audio, mel), rtol=1e-5, atol=1e-3)
     assert log_sigma.shape == audio.shape
+    mu, _ = teacher.gaussian_conditionals(audio, mel)
+    torch.testing.assert_close(residual.double(), audio - mu, rtol=1e-5, atol=1e-6)
 
 
 def test_data_init_starts_the_flow_at_the_data_scale(tiny_prepared_dir, tiny_audio_config):
@@ -226,6 +228,7 @@ def test_training_lowers_nll_and_checkpoint_loads_back(
         val["val/nll_nats_per_sample"] / math.log(2) + 15
     )
     assert 0 < val["val/flac_bits_per_sample"] < 16
+    assert math.isfinite(val["val/prediction_gain_db"])
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     events = EventAccumulator(str(out / "tb")).Reload()
@@ -240,6 +243,8 @@ def test_training_lowers_nll_and_checkpoint_loads_back(
         "perf/peak_mem_mb",
         "val/bits_per_sample",
         "val/flac_bits_per_sample",
+        "val/prediction_gain_db",
+        "train/prediction_gain_db",
     ):
         assert tag in tags["scalars"], tag
     assert {"audio/teacher_sample", "audio/real"} <= set(tags["audio"])

@@ -10,7 +10,10 @@ network runs under bf16 autocast.
 Validation (EMA weights, rank 0) scores the first ``val_clips`` clips of the validation split,
 each cut to its first ``val_max_seconds``, dequantised with fixed noise: NLL in nats/sample and
 in bits/sample at 16 bit (``-log2 p(x)/T + 15``), next to the bits/sample FLAC needs for the
-same clips (sample-weighted over clips; computed once). Media: a short cached-generation
+same clips (sample-weighted over clips; computed once), and the prediction gain in dB
+(``10 log10(sum x^2 / sum (x - mu)^2)``: how far below the signal the innovation a sample
+carries lies, which is what a distilled student's quality follows; also logged per training
+batch). Media: a short cached-generation
 sample from the first clip's mel, as audio and as a mel image under the real one.
 """
 
@@ -27,7 +30,7 @@ from distill.config import Config
 from distill.data import PreparedCorpus, SegmentDataset
 from distill.errors import DataError
 from distill.flows.linear_prediction import LinearPredictive
-from distill.metrics import flac_bits_per_sample, nll_bits_per_sample
+from distill.metrics import flac_bits_per_sample, nll_bits_per_sample, prediction_gain_db
 from distill.models import Teacher
 from distill.training.loop import Stage, TrainResult
 from distill.training.media import log_generated_vs_real
@@ -45,13 +48,15 @@ class TeacherLikelihood(nn.Module):
         self.teacher = teacher
 
     def forward(self, audio: torch.Tensor, mel: torch.Tensor):
-        """audio (B, T), mel (B, n_mels, F) -> log p(audio | mel) (B,) nats in float32,
-        per-step log sigma (B, T) in float32 (detached, for statistics)."""
+        """audio (B, T), mel (B, n_mels, F) -> log p(audio | mel) (B,) nats in float32, and
+        for statistics (detached, float32, (B, T)): per-step log sigma and the residual
+        ``audio - mu`` of the one-step prediction."""
         mu, log_sigma = self.teacher.gaussian_conditionals(audio, mel)
         mu, log_sigma = mu.float(), log_sigma.float()
-        z = (audio.float() - mu) * torch.exp(-log_sigma)
-        log_prob = -0.5 * (z.pow(2) + _LOG_2PI).sum(-1) - log_sigma.sum(-1)
-        return log_prob, log_sigma.detach()
+        residual = audio.float() - mu
+        log_prob = -0.5 * ((residual * torch.exp(-log_sigma)).pow(2) + _LOG_2PI).sum(-1)
+        log_prob = log_prob - log_sigma.sum(-1)
+        return log_prob, log_sigma.detach(), residual.detach()
 
 
 class TeacherStage(Stage):
@@ -125,12 +130,14 @@ class TeacherStage(Stage):
 
     def train_step(self, module: nn.Module, batch) -> dict[str, torch.Tensor]:
         audio, mel = batch  # (B, T), (B, n_mels, F)
-        log_prob, log_sigma = module(audio, mel)
+        log_prob, log_sigma, residual = module(audio, mel)
         nll = -log_prob.mean() / audio.shape[-1]  # nats per sample
         return {
             "loss": nll,
             "loss/nll": nll.detach(),
             "train/bits_per_sample": nll_bits_per_sample(-nll.detach(), 1),
+            "train/prediction_gain_db": 10
+            * torch.log10(audio.float().square().sum() / residual.square().sum().clamp_min(1e-30)),
             "log_scale/mean": log_sigma.mean(),
             "log_scale/min": log_sigma.min(),
             "log_scale/max": log_sigma.max(),
@@ -160,12 +167,15 @@ class TeacherStage(Stage):
 
     def validate(self, ema_model: nn.Module) -> dict[str, float]:
         likelihood = TeacherLikelihood(ema_model)
-        total_lp, total_t, ls_sum = 0.0, 0, 0.0
+        total_lp, total_t, ls_sum, signal, residual = 0.0, 0, 0.0, 0.0, 0.0
         for _, noisy, mel in self.validation_clips():
-            lp, log_sigma = likelihood(noisy[None].to(self.device), mel[None].to(self.device))
+            x = noisy[None].to(self.device)
+            lp, log_sigma, res = likelihood(x, mel[None].to(self.device))
             total_lp += float(lp.sum())
             total_t += noisy.numel()
             ls_sum += float(log_sigma.sum())
+            signal += float(x.double().square().sum())
+            residual += float(res.double().square().sum())
         bits = float(nll_bits_per_sample(total_lp, total_t))
         flac = self.flac_bits()
         return {
@@ -174,6 +184,7 @@ class TeacherStage(Stage):
             "val/flac_bits_per_sample": flac,
             "val/bits_below_flac": flac - bits,
             "val/log_scale_mean": ls_sum / total_t,
+            "val/prediction_gain_db": prediction_gain_db(signal, residual),
         }
 
     def log_media(self, writer, ema_model: nn.Module, step: int) -> None:
@@ -199,6 +210,8 @@ class TeacherStage(Stage):
                 f"({abs(v['val/bits_below_flac']):.3f} "
                 f"{'below' if v['val/bits_below_flac'] > 0 else 'above'} FLAC)"
             )
+        if "val/prediction_gain_db" in v:
+            lines.append(f"  prediction gain {v['val/prediction_gain_db']:.2f} dB")
         if result.best_value is not None:
             lines.append(f"  best: {result.best_value:.3f} bits/sample at step {result.best_step}")
         return lines
