@@ -246,9 +246,12 @@ def nll_bits_per_sample(log_prob_nats, num_samples: int):
     return -log_prob_nats / (num_samples * math.log(2.0)) + 15.0
 
 
-def prediction_gain_db(signal_energy: float, residual_energy: float) -> float:
+def prediction_gain_db(signal_energy, residual_energy):
     """``10 log10(sum x^2 / sum (x - mu)^2)``: how far below the signal a one-step predictor's
-    residual lies, in dB (a codec's measure; sums over all samples, so loud ones dominate)."""
+    residual lies, in dB (a codec's measure; sums over all samples, so loud ones dominate).
+    Works on floats and on tensors (no host sync inside a training step)."""
+    if isinstance(signal_energy, torch.Tensor):
+        return 10.0 * torch.log10(signal_energy / residual_energy.clamp_min(1e-30))
     return 10.0 * math.log10(signal_energy / max(residual_energy, 1e-30))
 
 

@@ -13,8 +13,8 @@ in bits/sample at 16 bit (``-log2 p(x)/T + 15``), next to the bits/sample FLAC n
 same clips (sample-weighted over clips; computed once), and the prediction gain in dB
 (``10 log10(sum x^2 / sum (x - mu)^2)``: how far below the signal the innovation a sample
 carries lies, which is what a distilled student's quality follows; also logged per training
-batch). Media: a short cached-generation
-sample from the first clip's mel, as audio and as a mel image under the real one.
+batch). Media: a short cached-generation sample from the first clip's mel, as audio and as a
+mel image under the real one.
 """
 
 from __future__ import annotations
@@ -136,8 +136,9 @@ class TeacherStage(Stage):
             "loss": nll,
             "loss/nll": nll.detach(),
             "train/bits_per_sample": nll_bits_per_sample(-nll.detach(), 1),
-            "train/prediction_gain_db": 10
-            * torch.log10(audio.float().square().sum() / residual.square().sum().clamp_min(1e-30)),
+            "train/prediction_gain_db": prediction_gain_db(
+                audio.float().square().sum(), residual.square().sum()
+            ),
             "log_scale/mean": log_sigma.mean(),
             "log_scale/min": log_sigma.min(),
             "log_scale/max": log_sigma.max(),
