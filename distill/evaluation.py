@@ -13,10 +13,17 @@ On the clips of a prepared split (whole utterances, not training segments):
 - **Distillation** (student, needs the teacher): closed-form per-step KL(student || teacher) in
   nats per sample at one student sample per clip (with its Monte Carlo twin as a check), and
   the teacher's bits per sample of the student's samples against those of the real audio.
-- **Copy-synthesis** from the real clips' mels: the student, Griffin-Lim (32 and 100 iterations)
-  and, with a teacher, the teacher's cached sample-by-sample generation on a short clip; scored
-  against the real audio with wide-band PESQ and STOI at 16 kHz, MR-STFT distance, log-mel L1
-  and MCD (see :mod:`distill.metrics` for what each is computed on).
+- **Lossless codecs** beside the teacher's bits: FLAC -5 (libsndfile), ``flac -8 -e -p`` and
+  ``wavpack -hhx6`` (Debian's CLIs), on the same 16-bit clips (:mod:`distill.codecs`).
+- **Copy-synthesis** from the real clips' mels: the student and Griffin-Lim (32 and 100
+  iterations), scored against the real audio with wide-band PESQ and STOI at 16 kHz, MR-STFT
+  distance, log-mel L1 and MCD (see :mod:`distill.metrics` for what each is computed on).
+- **What a listener hears** (:mod:`distill.listening`): DNSMOS P.835 of every output and of
+  the real clips (the ceiling), CREPE voicing F1, pitch error in cents and periodicity error
+  against the real clip, and the loudness difference in dB.
+- **The teacher's free-running generation** (with a teacher): cached sample-by-sample sampling
+  on a few ~1 s segments of the first clips, in one batch, scored with the same measures as
+  every other system cropped to the same segments.
 - **Speed**: the student's real-time factor on the device used.
 
 Per-step teacher densities are computed from its Gaussian conditionals in chunks of mel frames
@@ -36,17 +43,19 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from distill import metrics
+from distill import codecs, metrics
 from distill.audio import QUANT_STEP, load_audio, log_mel
 from distill.baselines import GRIFFIN_LIM_ITERS, griffin_lim
 from distill.errors import AudioError, DataError
-from distill.report import QUALITY_METRICS, write_outputs
+from distill.listening import LISTENING_KEYS, listen_to_clip
+from distill.report import QUALITY_METRICS, headline_rows, write_outputs
 
 __all__ = [
     "EvaluationOptions",
     "teacher_conditionals",
     "teacher_log_prob",
     "quality_metrics",
+    "score_clip",
     "score_file",
     "evaluate",
 ]
@@ -58,7 +67,9 @@ class EvaluationOptions:
     max_clips: int | None = None  # None: every clip of the split
     temperature: float = 1.0  # student temperature for copy-synthesis (the KL always uses 1)
     griffin_lim_iters: tuple[int, ...] = GRIFFIN_LIM_ITERS
-    teacher_clip_seconds: float = 0.5  # teacher's cached generation is slow: a short clip only
+    teacher_clip_seconds: float = 1.0  # length of each segment the teacher generates freely
+    teacher_clips: int = 4  # segments (from the first clips), generated together in one batch
+    teacher_temperature: float = 1.0  # the teacher's sampling temperature
     figure_clips: int = 2
     wav_clips: int = 2
     seed: int = 0
@@ -164,10 +175,40 @@ def quality_metrics(reference: np.ndarray, output: np.ndarray, cfg) -> tuple[dic
     return values, undefined
 
 
-def _summary(per_clip: list[dict]) -> dict:
-    """Mean, standard deviation and count of every metric over the clips where it is defined."""
+def score_clip(reference: np.ndarray, systems: dict[str, np.ndarray], cfg) -> tuple[dict, dict]:
+    """Copy-synthesis metrics and the listener's measures of every system's output of one clip.
+
+    Returns ``(row, tracks)``: ``row["quality"][system]`` as :func:`quality_metrics` gives it,
+    ``row["listening"][system]`` (``"real"`` included: the real clip's own DNSMOS) as
+    :func:`distill.listening.listen_to_clip` gives it, and ``row["undefined"][system][key]``,
+    why a value is None (only when some is); ``tracks[system]`` the CREPE pitch tracks.
+    """
+    row: dict = {"quality": {}}
+    undefined: dict[str, dict[str, str]] = {}
+    for name, out in systems.items():
+        row["quality"][name], why = quality_metrics(reference, out, cfg)
+        if why:
+            undefined[name] = why
+    row["listening"], heard_why, tracks = listen_to_clip(reference, systems, cfg.sample_rate)
+    for name, why in heard_why.items():
+        undefined.setdefault(name, {}).update(why)
+    if undefined:
+        row["undefined"] = undefined
+    return row, tracks
+
+
+def _count_undefined(counts: dict[str, int], undefined: dict) -> None:
+    """Add one clip's ``{system: {key: why}}`` to the counts per ``"system/key"``."""
+    for name, why in undefined.items():
+        for key in why:
+            counts[f"{name}/{key}"] = counts.get(f"{name}/{key}", 0) + 1
+
+
+def _summary(per_clip: list[dict], keys=None) -> dict:
+    """Mean, standard deviation and count of every metric over the clips where it is defined
+    (``keys``: the copy-synthesis metrics unless given)."""
     out = {}
-    for key, _, _ in QUALITY_METRICS:
+    for key in keys or [k for k, _, _ in QUALITY_METRICS]:
         vals = [c[key] for c in per_clip if c.get(key) is not None]
         out[key] = {
             "mean": float(np.mean(vals)) if vals else None,
@@ -280,16 +321,17 @@ def evaluate(
 
     clips, per_clip, outputs = [], [], []
     undefined: dict[str, int] = {}
+    tracks: dict[str, dict] = {}  # pitch tracks of the figure's clips
     synth_seconds = audio_seconds = 0.0
     for i, entry in enumerate(tqdm(entries, desc="evaluate", disable=not progress)):
         audio, mel = corpus.load(entry)  # (T,), (n_mels, F)
         mel_d = mel.to(device)
         T = audio.numel()
-        row: dict = {
-            "id": entry.id,
-            "seconds": T / sr,
-            "flac_bits_per_sample": metrics.flac_bits_per_sample(audio, sr),
-        }
+        row: dict = {"id": entry.id, "seconds": T / sr}
+        lossless, why = codecs.lossless_bits(audio, sr)
+        row.update(lossless)
+        if why:
+            row["undefined"] = {"real": why}
         seed = options.seed + i
         if teacher is not None:
             x = _dequantize(audio, seed).to(device)
@@ -323,14 +365,13 @@ def evaluate(
         systems = {"student": x_student.float().clamp(-1, 1).numpy()}
         for n_iter in options.griffin_lim_iters:
             systems[f"griffin_lim_{n_iter}"] = griffin_lim(mel, cfg, n_iter, seed=seed)
-        row["quality"] = {}
-        for name, out in systems.items():
-            values, why = quality_metrics(ref, out, cfg)
-            row["quality"][name] = values
-            for key in why:
-                undefined[f"{name}/{key}"] = undefined.get(f"{name}/{key}", 0) + 1
-            if why:
-                row.setdefault("undefined", {})[name] = why
+        scores, clip_tracks = score_clip(ref, systems, cfg)
+        for name, why in scores.pop("undefined", {}).items():
+            row.setdefault("undefined", {}).setdefault(name, {}).update(why)
+        row.update(scores)
+        _count_undefined(undefined, row.get("undefined", {}))
+        if i < options.figure_clips:
+            tracks[entry.id] = clip_tracks
         per_clip.append(row)
         clips.append((entry.id, audio, mel))
         outputs.append(systems)
@@ -348,6 +389,7 @@ def evaluate(
         "copy_synthesis": {
             name: _summary([r["quality"][name] for r in per_clip]) for name in outputs[0]
         },
+        "listening": _listening_summary(per_clip),
         "speed": {
             "device": _device_name(device),
             "dtype": str(synth.dtype).removeprefix("torch."),
@@ -358,18 +400,55 @@ def evaluate(
         "undefined_counts": undefined,
         "per_clip": per_clip,
     }
+    result["lossless_undefined"] = _lossless_undefined(per_clip)
     wavs: dict[str, np.ndarray] = {}
     if teacher is not None:
-        result["short_clip"], short_wavs = _short_clip(
+        result["teacher_free_running"], teacher_wavs, teacher_tracks = _teacher_free_running(
             teacher, clips, outputs, cfg, options, device
         )
-        wavs.update(short_wavs)
+        wavs.update(teacher_wavs)
+        for clip_id, segment in teacher_tracks.items():
+            if clip_id in tracks:
+                tracks[clip_id]["teacher"] = segment
+    result["headline"] = headline_rows(result)
     for (clip_id, audio, _), systems in list(zip(clips, outputs))[: options.wav_clips]:
         wavs[f"{clip_id}_real.wav"] = audio.numpy()
         for name, out in systems.items():
             wavs[f"{clip_id}_{name}.wav"] = out
-    write_outputs(Path(out_dir), result, clips, outputs, wavs, cfg, options)
+    write_outputs(Path(out_dir), result, clips, outputs, wavs, cfg, options, tracks=tracks)
     return result
+
+
+def _listening_summary(per_clip: list[dict]) -> dict:
+    """The listener's measures per system (the real clips first), summarised over clips."""
+    names = per_clip[0]["listening"]
+    return {
+        name: _summary([r["listening"][name] for r in per_clip], LISTENING_KEYS) for name in names
+    }
+
+
+def _lossless_summary(per_clip: list[dict]) -> dict:
+    """Every codec's bits/sample, weighted by length, over the clips it could code (None if
+    none: a CLI that is not installed)."""
+    out = {}
+    for key in codecs.LOSSLESS_CODECS:
+        rows = [r for r in per_clip if r.get(key) is not None]
+        out[key] = (
+            float(np.average([r[key] for r in rows], weights=[r["seconds"] for r in rows]))
+            if rows
+            else None
+        )
+    return out
+
+
+def _lossless_undefined(per_clip: list[dict]) -> dict[str, str]:
+    """Why a codec's number is missing on some clips: the first reason, and on how many."""
+    out: dict[str, str] = {}
+    for key in codecs.LOSSLESS_CODECS:
+        reasons = [r["undefined"]["real"][key] for r in per_clip if r[key] is None]
+        if reasons:
+            out[key] = f"{reasons[0]} ({len(reasons)} of {len(per_clip)} clips)"
+    return out
 
 
 def _likelihood_summary(per_clip: list[dict], with_teacher: bool) -> dict:
@@ -379,7 +458,7 @@ def _likelihood_summary(per_clip: list[dict], with_teacher: bool) -> dict:
     def weighted(key):
         return float(np.average([r[key] for r in per_clip], weights=weights))
 
-    out = {"flac_bits_per_sample": weighted("flac_bits_per_sample")}
+    out = _lossless_summary(per_clip)
     if with_teacher:
         out["teacher_bits_per_sample"] = weighted("teacher_bits_per_sample")
         out["teacher_bits_per_sample_of_student"] = weighted("teacher_bits_per_sample_of_student")
@@ -396,37 +475,69 @@ def _likelihood_summary(per_clip: list[dict], with_teacher: bool) -> dict:
     return out
 
 
-def _short_clip(teacher, clips, outputs, cfg, options, device):
-    """Teacher's cached generation on the first ``teacher_clip_seconds`` of the longest clip,
-    scored with every other system cropped to the same segment."""
-    index = max(range(len(clips)), key=lambda k: clips[k][1].numel())
-    clip_id, audio, mel = clips[index]
-    frames = min(mel.shape[-1], _chunk_frames(cfg, options.teacher_clip_seconds))
-    n = frames * cfg.hop_length
-    noise = _noise(n, options.seed, device)
+def _teacher_segments(clips, cfg, options) -> tuple[list[int], list[int], int]:
+    """Which clips, where, and how many mel frames the teacher generates: ``teacher_clips``
+    segments of ``teacher_clip_seconds`` from the middle of the first clips long enough (of the
+    longest clip, whole, when none is)."""
+    frames = max(1, round(options.teacher_clip_seconds * cfg.sample_rate / cfg.hop_length))
+    chosen = [k for k, (_, _, mel) in enumerate(clips) if mel.shape[-1] >= frames]
+    if not chosen:
+        longest = max(range(len(clips)), key=lambda k: clips[k][2].shape[-1])
+        chosen, frames = [longest], clips[longest][2].shape[-1]
+    chosen = chosen[: options.teacher_clips]
+    return chosen, [(clips[k][2].shape[-1] - frames) // 2 for k in chosen], frames
+
+
+def _teacher_free_running(teacher, clips, outputs, cfg, options, device):
+    """The teacher's own cached generation on a few segments, all in one batch, scored like
+    every other system, which is cropped to the same segments.
+
+    Returns ``(summary, wavs, tracks)``: ``tracks[clip_id] = (start_seconds, teacher's pitch
+    track)`` for the F0 figure.
+    """
+    chosen, starts, frames = _teacher_segments(clips, cfg, options)
+    hop, sr = cfg.hop_length, cfg.sample_rate
+    n = frames * hop
+    mel = torch.stack([clips[k][2][:, s : s + frames] for k, s in zip(chosen, starts)])
+    gen = torch.Generator().manual_seed(options.seed)
+    noise = torch.randn(len(chosen), n, generator=gen).to(device)
+    _sync(device)
     start = time.perf_counter()
-    x_teacher = teacher.sample(
-        mel[None, :, :frames].to(device), temperature=options.temperature, noise=noise
-    )
+    x_teacher = teacher.sample(mel.to(device), temperature=options.teacher_temperature, noise=noise)
     _sync(device)
     elapsed = time.perf_counter() - start
-    ref = audio[:n].numpy()
-    systems = {"teacher": x_teacher[0].float().cpu().clamp(-1, 1).numpy()}
-    systems.update({name: out[:n] for name, out in outputs[index].items()})
-    scores, undefined = {}, {}
-    for name, out in systems.items():
-        scores[name], why = quality_metrics(ref, out, cfg)
-        if why:
-            undefined[name] = why
+    x_teacher = x_teacher.float().cpu().clamp(-1, 1).numpy()
+
+    segments, counts, wavs, tracks = [], {}, {}, {}
+    for b, (k, s) in enumerate(zip(chosen, starts)):
+        clip_id, audio, _ = clips[k]
+        ref = audio[s * hop : s * hop + n].numpy()
+        systems = {"teacher": x_teacher[b]}
+        systems.update({name: out[s * hop : s * hop + n] for name, out in outputs[k].items()})
+        row, segment_tracks = score_clip(ref, systems, cfg)
+        _count_undefined(counts, row.get("undefined", {}))
+        segments.append({"clip": clip_id, "start_seconds": s * hop / sr, "seconds": n / sr, **row})
+        tracks[clip_id] = (s * hop / sr, segment_tracks["teacher"])
+        wavs[f"teacher_{clip_id}_real.wav"] = ref
+        wavs[f"teacher_{clip_id}_teacher.wav"] = x_teacher[b]
     summary = {
-        "clip": clip_id,
-        "seconds": n / cfg.sample_rate,
-        "teacher_real_time_factor": metrics.real_time_factor(elapsed, n / cfg.sample_rate),
-        "systems": scores,
-        "undefined": undefined,
+        "segments": len(segments),
+        "segment_seconds": n / sr,
+        "temperature": options.teacher_temperature,
+        "teacher_real_time_factor": metrics.real_time_factor(elapsed, len(segments) * n / sr),
+        "generation_seconds": elapsed,
+        "copy_synthesis": {
+            name: _summary([g["quality"][name] for g in segments])
+            for name in segments[0]["quality"]
+        },
+        "listening": {
+            name: _summary([g["listening"][name] for g in segments], LISTENING_KEYS)
+            for name in segments[0]["listening"]
+        },
+        "undefined_counts": counts,
+        "per_segment": segments,
     }
-    wavs = {f"short_{clip_id}_real.wav": ref, f"short_{clip_id}_teacher.wav": systems["teacher"]}
-    return summary, wavs
+    return summary, wavs, tracks
 
 
 # --- tables, figures, files ---------------------------------------------------------------------

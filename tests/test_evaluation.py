@@ -18,6 +18,7 @@ from distill.cli import main
 from distill.config import AudioConfig, Config, StudentConfig, TeacherConfig, WaveNetConfig
 from distill.data import PreparedCorpus
 from distill.evaluation import teacher_conditionals, teacher_log_prob
+from distill.listening import LISTENING_KEYS
 from distill.models import Student, Teacher
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -189,9 +190,41 @@ def test_evaluate_writes_report_metrics_figures_and_wavs(
     assert gl["log_mel_l1"]["mean"] < student["log_mel_l1"]["mean"]
     assert gl["pesq"]["n"] == 2 and gl["pesq"]["mean"] > student["pesq"]["mean"]
     assert result["speed"]["student_real_time_factor"] > 0
-    assert set(result["short_clip"]["systems"]) >= {"teacher", "student", "griffin_lim_8"}
 
-    for name in ("log_mel", "metrics"):
+    # what a listener hears: every system and the real clips, per clip and summarised
+    systems = ["student", "griffin_lim_4", "griffin_lim_8"]
+    assert list(result["listening"]) == ["real", *systems]
+    assert 1 <= result["listening"]["real"]["dnsmos_ovrl"]["mean"] <= 5
+    for row in rows:
+        assert list(row["listening"]) == ["real", *systems]
+        assert set(row["listening"]["griffin_lim_8"]) == set(LISTENING_KEYS)
+    heard = result["listening"]
+    assert heard["griffin_lim_8"]["voicing_f1"]["mean"] > heard["student"]["voicing_f1"]["mean"]
+    assert abs(heard["griffin_lim_8"]["loudness_diff_db"]["mean"]) < 3
+    # the lossless codecs beside the teacher
+    for key in ("flac_8_bits_per_sample", "wavpack_hhx6_bits_per_sample"):
+        if lik[key] is None:  # a CLI is missing: the report says so
+            assert "not measured" in report
+        else:
+            assert lik[key] < lik["flac_bits_per_sample"]
+    # the teacher's free-running segments (two clips, one segment each), scored like the rest
+    free = result["teacher_free_running"]
+    assert free["segments"] == 2 and free["temperature"] == 1.0
+    assert set(free["copy_synthesis"]) == {"teacher", *systems}
+    assert list(free["listening"]) == ["real", "teacher", *systems]
+    assert len(free["per_segment"]) == 2
+    # the headline: one row per system, the first table of the report
+    assert [r["system"] for r in result["headline"]] == [
+        "real",
+        *systems,
+        "teacher_free_running",
+        "real_teacher_segments",
+    ]
+    assert result["headline"][1]["pesq"] == student["pesq"]["mean"]
+    assert report.index("## Headline") < report.index("| system | DNSMOS OVRL ↑ | voicing F1 ↑")
+    assert report.index("| system | DNSMOS OVRL ↑ | voicing F1 ↑") < report.index("| system | PESQ")
+
+    for name in ("log_mel", "f0", "metrics"):
         assert (out / "figures" / f"{name}.png").read_bytes()[:8] == PNG_MAGIC
     wavs = sorted(p.name for p in (out / "wavs").iterdir())
     assert any(n.endswith("_real.wav") for n in wavs)
