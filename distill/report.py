@@ -175,7 +175,10 @@ def headline_rows(result: dict) -> list[dict]:
         )
     ]
     for name in quality:
-        rows.append(row(name, _label(name), n, listening[name], quality[name]))
+        # clips where the system has an output at all (an outputs folder may lack some)
+        scored = max(v["n"] for v in (*quality[name].values(), *listening[name].values()))
+        label = _label(name) + (f" ({scored} of {n} clips)" if scored < n else "")
+        rows.append(row(name, label, scored, listening[name], quality[name]))
     free = result.get("teacher_free_running")
     if free:
         segments = f"{free['segments']} × {free['segment_seconds']:.2f} s"
@@ -355,7 +358,8 @@ def _report(result: dict) -> str:
         )
     else:
         systems = (
-            f"The student samples once per clip at temperature {result['options']['temperature']}."
+            "The student samples once per clip from the clip's mel, at temperature "
+            f"{result['options']['temperature']}."
         )
     teacher_text = ""
     if "teacher_free_running" in result:
@@ -411,9 +415,9 @@ copy-synthesis audio above is this output.
 
 ## What each number is computed on
 
-Copy-synthesis: every system gets the mel of a real clip and its output is compared with that
-real clip, sample-aligned. Griffin-Lim inverts the same log-mel with librosa (NNLS mel
-inversion, then {iters} Griffin-Lim iterations, fixed random phase seed). {systems}
+Copy-synthesis: every output of a real clip is compared with that real clip, sample-aligned.
+Griffin-Lim inverts the clip's log-mel with librosa (NNLS mel inversion, then {iters}
+Griffin-Lim iterations, fixed random phase seed). {systems}
 Scores are averaged over the clips where they are defined (per-clip values and reasons in
 metrics.json). PESQ compares phase with the reference, so it mis-ranks generative vocoders,
 whose phase is their own; magnitude-only distances (MR-STFT, log-mel L1, MCD) flatter

@@ -150,7 +150,11 @@ def test_evaluate_writes_report_metrics_figures_and_wavs(
         "4",
         "8",
         "--teacher-seconds",
-        "0.26",
+        "0.6",
+        "--teacher-clips",
+        "2",
+        "--teacher-temperature",
+        "0.8",
         "--device",
         "cpu",
         "--tensorboard",
@@ -159,6 +163,10 @@ def test_evaluate_writes_report_metrics_figures_and_wavs(
     assert main(argv) == 0
     printed = capsys.readouterr().out
     assert "| system | PESQ-WB ↑ | STOI ↑ |" in printed  # PESQ leads the table
+    # the headline is the last thing printed: the table a user reads first
+    last = printed.rstrip().splitlines()
+    assert last[-8].startswith("| system | DNSMOS OVRL ↑ | voicing F1 ↑ |")
+    assert last[-1].startswith("| real, the same 2 × 0.60 s |")
 
     report = (out / "report.md").read_text()
     assert "| system | PESQ-WB" in report and "What each number is computed on" in report
@@ -209,7 +217,8 @@ def test_evaluate_writes_report_metrics_figures_and_wavs(
             assert lik[key] < lik["flac_bits_per_sample"]
     # the teacher's free-running segments (two clips, one segment each), scored like the rest
     free = result["teacher_free_running"]
-    assert free["segments"] == 2 and free["temperature"] == 1.0
+    assert free["segments"] == 2 and free["temperature"] == 0.8
+    assert free["listening"]["real"]["dnsmos_ovrl"]["n"] == 2  # 0.6 s is long enough for DNSMOS
     assert set(free["copy_synthesis"]) == {"teacher", *systems}
     assert list(free["listening"]) == ["real", "teacher", *systems]
     assert len(free["per_segment"]) == 2
@@ -262,6 +271,64 @@ def test_score_ranks_white_noise_as_far_more_unusual_than_speech(
     assert rows[noise.name]["flac_bits_per_sample"] > rows[speech.name]["flac_bits_per_sample"]
 
 
+@pytest.mark.slow
+def test_evaluate_outputs_scores_any_vocoder_against_the_same_clips(
+    tiny_prepared_dir, tmp_path, capsys
+):
+    data = str(tiny_prepared_dir)
+    refs = tmp_path / "refs"
+    assert main(["evaluate", "--data", data, "--write-references", str(refs)]) == 0
+    ids = [e.id for e in PreparedCorpus(tiny_prepared_dir).items("val")]
+    assert sorted(p.name for p in refs.iterdir()) == sorted(f"{i}.wav" for i in ids)
+
+    # "perfect" returns the reference clips themselves; "partial" is 6 dB quieter on the first
+    # clip, 0.5 s too long on the second and has no third; an unrelated file is ignored
+    perfect, partial = tmp_path / "perfect", tmp_path / "partial"
+    shutil.copytree(refs, perfect)
+    partial.mkdir()
+    first, sr = sf.read(refs / f"{ids[0]}.wav")
+    sf.write(partial / f"{ids[0]}.wav", 0.5 * first, sr)
+    second, _ = sf.read(refs / f"{ids[1]}.wav")
+    sf.write(partial / f"{ids[1]}.flac", np.concatenate([second, np.zeros(sr // 2)]), sr)
+    sf.write(partial / "notes.wav", first, sr)
+
+    out = tmp_path / "eval"
+    argv = ["evaluate", "--outputs", str(perfect), str(partial), "--data", data]
+    argv += ["--out", str(out), "--griffin-lim-iters", "4"]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert printed.rstrip().splitlines()[-1].startswith("| Griffin-Lim 4 |")
+
+    result = json.loads((out / "metrics.json").read_text())
+    assert result["mode"] == "outputs" and result["num_clips"] == len(ids) == 3
+    assert [r["system"] for r in result["headline"]] == [
+        "real",
+        "perfect",
+        "partial",
+        "griffin_lim_4",
+    ]
+    same, heard = result["copy_synthesis"]["perfect"], result["listening"]["perfect"]
+    assert same["pesq"]["mean"] > 4.5 and same["mr_stft"]["mean"] == 0.0
+    assert heard["pitch_median_cents"]["mean"] == 0.0 and heard["voicing_f1"]["mean"] == 1.0
+    assert heard["loudness_diff_db"]["mean"] == 0.0
+    assert heard["dnsmos_ovrl"]["mean"] == result["listening"]["real"]["dnsmos_ovrl"]["mean"]
+    assert result["headline"][2]["label"] == "partial (1 of 3 clips)"
+    quieter = result["listening"]["partial"]["loudness_diff_db"]
+    assert quieter["n"] == 1 and quieter["mean"] == pytest.approx(-6.02, abs=0.05)
+    why = {
+        r["id"]: r.get("undefined", {}).get("partial", {}).get("output") for r in result["per_clip"]
+    }
+    assert why[ids[0]] is None
+    assert "time-aligned" in why[ids[1]] and f"no file {ids[2]}.wav" in why[ids[2]]
+
+    report = (out / "report.md").read_text()
+    assert f"outputs `perfect`: `{perfect}`" in report and "Likelihood" not in report
+    assert "<id>.wav" in report and "time-aligned" in report
+    for name in ("log_mel", "f0", "metrics"):
+        assert (out / "figures" / f"{name}.png").read_bytes()[:8] == PNG_MAGIC
+    assert (out / "wavs" / f"{ids[0]}_perfect.wav").exists()
+
+
 # --- bad input: one clear message each ---------------------------------------------------------
 
 
@@ -293,6 +360,49 @@ def test_evaluate_bad_input(tiny_prepared_dir, checkpoints, tmp_path, capsys):
         capsys,
     )
     assert code == 2 and "n_mels" in err and "feature config" in err
+
+    code, err = _run(["evaluate", "--data", data, "--out", out], capsys)
+    assert code == 2 and "--student" in err and "--outputs" in err
+    code, err = _run(
+        [
+            "evaluate",
+            "--student",
+            student,
+            "--outputs",
+            str(tmp_path),
+            "--data",
+            data,
+            "--out",
+            out,
+        ],
+        capsys,
+    )
+    assert code == 2 and "one of the two" in err
+    code, err = _run(
+        [
+            "evaluate",
+            "--outputs",
+            str(tmp_path),
+            "--teacher",
+            teacher,
+            "--data",
+            data,
+            "--out",
+            out,
+        ],
+        capsys,
+    )
+    assert code == 2 and "--teacher goes with --student" in err
+    wrong = tmp_path / "wrong_names"
+    wrong.mkdir()
+    sf.write(wrong / "clip_0.wav", np.zeros(1600, dtype=np.float32), 16000)
+    code, err = _run(["evaluate", "--outputs", str(wrong), "--data", data, "--out", out], capsys)
+    assert code == 2 and "holds no output" in err and "--write-references" in err
+    code, err = _run(
+        ["evaluate", "--student", student, "--data", data, "--out", out, "--teacher-clips", "0"],
+        capsys,
+    )
+    assert code == 2 and "--teacher-clips must be >= 1" in err
 
     empty = tmp_path / "empty_val"
     shutil.copytree(tiny_prepared_dir, empty)
