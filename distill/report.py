@@ -431,7 +431,7 @@ Metrics that could not be computed:
 {_undefined_lines(result)}
 
 Files: `metrics.json` (every number, per clip too; `headline` holds the table above),
-{figures}, `wavs/`.
+`headline.md` (the table above alone), {figures}, `wavs/`.
 """
 
 
@@ -586,6 +586,7 @@ def write_outputs(out: Path, result, clips, outputs, wavs, cfg, options, tracks=
             fig.savefig(tmp / "figures" / f"{name}.png", dpi=110)
         for name, audio in wavs.items():
             save_wav(tmp / "wavs" / name, audio, cfg.sample_rate)
+        (tmp / "headline.md").write_text(format_headline(result) + "\n")
         (tmp / "metrics.json").write_text(json.dumps(result, indent=2) + "\n")
         (tmp / "report.md").write_text(_report(result))
         if options.tensorboard_dir:

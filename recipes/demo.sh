@@ -2,7 +2,7 @@
 # The main job, from a fresh machine to an evaluated student:
 #   0 setup (.venv, pinned torch pair, espeak-ng)   1 make + prepare the espeak-ng corpus
 #   2 train the MAF teacher                          3 distil the IAF student
-#   4 synthesise the validation clips (student only) 5 evaluate against FLAC and Griffin-Lim
+#   4 synthesise the validation clips (student only) 5 evaluate against codecs and Griffin-Lim
 # Every stage can be re-run and resumes; STAGE=N starts from stage N, STOP_STAGE=M stops after M.
 # On a machine with CUDA the larger recipes/configs/demo_gpu.yaml is used (CONFIG=... overrides).
 # Arguments are config overrides for both training stages, e.g.
@@ -67,3 +67,7 @@ echo "demo finished in $((SECONDS - t_start)) s."
 echo "  report:      $OUT/eval/report.md"
 echo "  audio:       $OUT/synth/ and $OUT/eval/"
 echo "  TensorBoard: .venv/bin/tensorboard --logdir $EXP"
+if [ -f "$OUT/eval/headline.md" ]; then  # last: the table to read first
+  echo
+  cat "$OUT/eval/headline.md"
+fi

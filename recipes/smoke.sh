@@ -16,6 +16,10 @@ STAGE=1 bash recipes/demo.sh
 
 test -s "$OUT/eval/report.md"
 test -s "$OUT/eval/metrics.json"
+test -s "$OUT/eval/headline.md"
+# any vocoder's outputs, scored against the same clips: here the student's own synthesis
+distill evaluate --outputs "$OUT/synth" --data "$DATA" --out "$work/outputs_eval" > /dev/null
+test -s "$work/outputs_eval/report.md"
 ls "$OUT/synth"/*.wav >/dev/null
 
 distill bench --config "$CONFIG" --seconds 0.05 --json > "$work/bench.json"

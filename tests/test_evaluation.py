@@ -232,6 +232,8 @@ def test_evaluate_writes_report_metrics_figures_and_wavs(
     assert result["headline"][1]["pesq"] == student["pesq"]["mean"]
     assert report.index("## Headline") < report.index("| system | DNSMOS OVRL ↑ | voicing F1 ↑")
     assert report.index("| system | DNSMOS OVRL ↑ | voicing F1 ↑") < report.index("| system | PESQ")
+    headline = (out / "headline.md").read_text()
+    assert headline.rstrip().splitlines()[-8:] == last[-8:]  # the table the CLI printed last
 
     for name in ("log_mel", "f0", "metrics"):
         assert (out / "figures" / f"{name}.png").read_bytes()[:8] == PNG_MAGIC
