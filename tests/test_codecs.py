@@ -97,3 +97,25 @@ def test_failing_cli_is_a_reason(clip, tmp_path, monkeypatch):
     monkeypatch.setenv("PATH", str(tmp_path))
     with pytest.raises(codecs.CodecUnavailableError, match="exit status 3: flac: broken encoder"):
         codecs.flac_cli_bits_per_sample(clip, SR)
+
+
+def test_the_report_says_a_codec_was_not_measured(clip, tmp_path, monkeypatch):
+    from distill.evaluation import _lossless_summary, _lossless_undefined
+    from distill.report import _lossless_rows
+
+    monkeypatch.setenv("PATH", str(tmp_path))
+    rows = []
+    for seconds in (1.0, 0.5):
+        values, why = codecs.lossless_bits(clip[: int(seconds * SR)], SR)
+        rows.append({"seconds": seconds, **values, "undefined": {"real": why}})
+    result = {
+        "likelihood": _lossless_summary(rows),
+        "lossless_undefined": _lossless_undefined(rows),
+    }
+    assert result["likelihood"]["flac_8_bits_per_sample"] is None
+    lines = _lossless_rows(result)
+    assert lines[0].startswith("| FLAC -5 (libsndfile), lossless, on the real clips | ")
+    assert (
+        "not measured: the flac CLI is not installed" in lines[1] and "(2 of 2 clips)" in lines[1]
+    )
+    assert "apt-get install wavpack" in lines[2]
