@@ -523,7 +523,8 @@ def _plot_f0(tracks: dict[str, dict]):
         ax.set_title(f"{clip_id}: F0 of the voiced frames (CREPE)", fontsize=9)
         ax.set_xlabel("time [s]")
         ax.set_ylabel("F0 [Hz]")
-        ax.legend(fontsize=8, loc="upper right")
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8, loc="upper right")
     return fig
 
 
