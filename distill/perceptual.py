@@ -236,4 +236,8 @@ def dnsmos(audio, sample_rate: int) -> dict[str, float]:
     if np.abs(x16).max() < 1e-4:
         raise MetricUndefinedError("DNSMOS is undefined on a silent clip")
     out = _dnsmos.run(x16, CREPE_SAMPLE_RATE)
-    return {"sig": float(out["sig_mos"]), "bak": float(out["bak_mos"]), "ovrl": float(out["ovrl_mos"])}
+    return {
+        "sig": float(out["sig_mos"]),
+        "bak": float(out["bak_mos"]),
+        "ovrl": float(out["ovrl_mos"]),
+    }
