@@ -24,6 +24,7 @@ import torchaudio
 from distill.config import AudioConfig
 from distill.errors import AudioError, ConfigError
 from distill.fileio import atomic_output
+from distill.precision import at_least_float32
 
 __all__ = [
     "QUANT_STEP",
@@ -148,8 +149,7 @@ def log_mel(audio: torch.Tensor, cfg: AudioConfig) -> torch.Tensor:
             f"{cfg.hop_length}, found {length} samples (crop or pad to "
             f"{max(1, length // cfg.hop_length) * cfg.hop_length})"
         )
-    if audio.dtype not in (torch.float32, torch.float64):
-        audio = audio.float()
+    audio = at_least_float32(audio)
     lead = audio.shape[:-1]
     x = audio.reshape(-1, 1, length)  # (N, 1, T): F.pad's reflect mode wants a channel axis
     left, right = frame_padding(cfg)

@@ -40,6 +40,7 @@ from distill import metrics
 from distill.audio import QUANT_STEP, load_audio, log_mel
 from distill.baselines import GRIFFIN_LIM_ITERS, griffin_lim
 from distill.errors import AudioError, DataError
+from distill.flows import gaussian_log_prob
 from distill.report import QUALITY_METRICS, write_outputs
 
 __all__ = [
@@ -123,10 +124,8 @@ def teacher_log_prob(
     teacher, audio: torch.Tensor, mel: torch.Tensor, chunk_frames: int | None = None
 ) -> float:
     """``log p(audio | mel)`` in nats of one clip (T,), summed in float64."""
-    from distill.losses import gaussian_log_prob
-
     mu, log_sigma = teacher_conditionals(teacher, audio, mel, chunk_frames)
-    return float(gaussian_log_prob(audio.double(), mu.double(), log_sigma.double()).sum())
+    return float(gaussian_log_prob(audio.double(), mu.double(), log_sigma.double()))
 
 
 def _dequantize(audio: torch.Tensor, seed: int) -> torch.Tensor:
@@ -257,7 +256,7 @@ def evaluate(
 
     from distill.data import PreparedCorpus
     from distill.inference import Synthesizer, resolve_device
-    from distill.losses import gaussian_kl, gaussian_log_prob
+    from distill.losses import gaussian_kl
 
     options = options or EvaluationOptions()
 
@@ -295,7 +294,7 @@ def evaluate(
             x = _dequantize(audio, seed).to(device)
             mu, log_sigma = teacher_conditionals(teacher, x, mel_d, chunk)
             x, mu = x.double(), mu.double()
-            log_p = float(gaussian_log_prob(x, mu, log_sigma.double()).sum())
+            log_p = float(gaussian_log_prob(x, mu, log_sigma.double()))
             row["teacher_bits_per_sample"] = metrics.nll_bits_per_sample(log_p, T)
             row["signal_energy"] = float(x.square().sum())
             row["teacher_residual_energy"] = float((x - mu).square().sum())
@@ -305,7 +304,7 @@ def evaluate(
             row["kl_nats_per_sample"] = (
                 float(gaussian_kl(mean[0], log_scale[0], mu, log_sigma).double().sum()) / T
             )
-            log_p = float(gaussian_log_prob(x_s[0].double(), mu.double(), log_sigma.double()).sum())
+            log_p = float(gaussian_log_prob(x_s[0].double(), mu.double(), log_sigma.double()))
             row["kl_monte_carlo_nats_per_sample"] = (float(log_q[0]) - log_p) / T
             row["teacher_bits_per_sample_of_student"] = metrics.nll_bits_per_sample(log_p, T)
 

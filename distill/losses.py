@@ -29,13 +29,13 @@ import torch
 
 from distill.config import DistillLossConfig
 from distill.errors import ConfigError
-from distill.flows import AffineAutoregressive
+from distill.flows import AffineAutoregressive, gaussian_log_prob
+from distill.precision import at_least_float32
 from distill.spectral import multi_resolution_stft, stft_magnitude
 
 __all__ = [
     "ESTIMATORS",
     "gaussian_kl",
-    "gaussian_log_prob",
     "closed_form_kl",
     "monte_carlo_kl",
     "power_loss",
@@ -46,12 +46,6 @@ __all__ = [
 ]
 
 ESTIMATORS = ("closed_form", "monte_carlo")
-_LOG_2PI = math.log(2 * math.pi)
-
-
-def _wide(t: torch.Tensor) -> torch.Tensor:
-    """float32 at least: KL sums must not run in half precision."""
-    return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
 
 
 def gaussian_kl(
@@ -66,19 +60,13 @@ def gaussian_kl(
     result is float32 (or float64 for float64 inputs) and exactly 0 for equal Gaussians.
     """
     mean_q, log_scale_q, mean_p, log_scale_p = map(
-        _wide, (mean_q, log_scale_q, mean_p, log_scale_p)
+        at_least_float32, (mean_q, log_scale_q, mean_p, log_scale_p)
     )
     log_ratio = log_scale_q - log_scale_p
     # s_q^2 / s_p^2 and (m_q - m_p)^2 / s_p^2 without forming s_p^2 (which underflows near -7).
     var_ratio = torch.exp(2 * log_ratio)
     dist = ((mean_q - mean_p) * torch.exp(-log_scale_p)).square()
     return -log_ratio + 0.5 * (var_ratio + dist) - 0.5
-
-
-def gaussian_log_prob(x: torch.Tensor, mean: torch.Tensor, log_scale: torch.Tensor):
-    """``log N(x; mean, e^{2 log_scale})`` elementwise, float32 or wider."""
-    x, mean, log_scale = map(_wide, (x, mean, log_scale))
-    return -0.5 * (((x - mean) * torch.exp(-log_scale)).square() + _LOG_2PI) - log_scale
 
 
 def closed_form_kl(
@@ -97,7 +85,7 @@ def closed_form_kl(
     """
     kl = gaussian_kl(mean_q, log_scale_q, mean_p, log_scale_p).sum(dim=-1)
     if log_sigma_reg:
-        diff = _wide(log_scale_p) - _wide(log_scale_q)
+        diff = at_least_float32(log_scale_p) - at_least_float32(log_scale_q)
         reg = log_sigma_reg * diff.square().sum(dim=-1)
     else:
         reg = torch.zeros_like(kl)
@@ -106,7 +94,7 @@ def closed_form_kl(
 
 def monte_carlo_kl(log_q: torch.Tensor, log_p: torch.Tensor) -> torch.Tensor:
     """One-sample estimate per row, ``log q_S(x) - log p_T(x)`` (B,), for ``x ~ q_S``."""
-    return _wide(log_q) - _wide(log_p)
+    return at_least_float32(log_q) - at_least_float32(log_p)
 
 
 def power_loss(
@@ -269,10 +257,12 @@ class DistillationLoss:
             kl, reg = closed_form_kl(mean_q, log_scale_q, mu, log_sigma, log_sigma_reg=1.0)
             terms["kl"] = (kl / dims).mean()
             terms["log_sigma_reg"] = (reg / dims).mean()
-            log_p = gaussian_log_prob(x, mu, log_sigma).sum(-1).detach()
-            metrics["student/log_scale_mean"] = _wide(log_scale_q).detach().mean()
-            metrics["teacher/log_sigma_mean"] = _wide(log_sigma).detach().mean()
-            metrics["kl/monte_carlo_per_sample"] = ((_wide(log_q).detach() - log_p) / dims).mean()
+            log_p = gaussian_log_prob(x, mu, log_sigma).detach()
+            metrics["student/log_scale_mean"] = at_least_float32(log_scale_q).detach().mean()
+            metrics["teacher/log_sigma_mean"] = at_least_float32(log_sigma).detach().mean()
+            metrics["kl/monte_carlo_per_sample"] = (
+                (at_least_float32(log_q).detach() - log_p) / dims
+            ).mean()
         else:
             x, log_q = self._student_sample(student, context, z, audio)
             log_q = self._temper(log_q, z, eps)
@@ -297,7 +287,7 @@ class DistillationLoss:
             total = terms["kl"] * 0.0
         kl_per_row = (kl / dims).detach()
         metrics["kl/per_sample"] = kl_per_row.mean()
-        metrics["student/entropy_per_sample"] = (-_wide(log_q).detach() / dims).mean()
+        metrics["student/entropy_per_sample"] = (-at_least_float32(log_q).detach() / dims).mean()
         metrics["teacher/nll_per_sample"] = (-log_p / dims).mean()
         return DistillResult(total, terms, weights, metrics, x.detach(), kl_per_row)
 
@@ -309,8 +299,8 @@ class DistillationLoss:
         t = self.config.temperature
         if t == 1.0:
             return log_q
-        correction = 0.5 * (_wide(z).square() - _wide(eps).square()).sum(-1)
-        return _wide(log_q) + correction - z.shape[-1] * math.log(t)
+        correction = 0.5 * (at_least_float32(z).square() - at_least_float32(eps).square()).sum(-1)
+        return at_least_float32(log_q) + correction - z.shape[-1] * math.log(t)
 
     @staticmethod
     def _student_sample(student, context, z, audio):

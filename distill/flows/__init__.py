@@ -7,7 +7,14 @@ from distill.flows.autoregressive import (
     bound_log_scale,
 )
 from distill.flows.made import MADE
-from distill.flows.stacks import IAF, MAF, FlowStack, Reverse, standard_normal_log_prob
+from distill.flows.stacks import (
+    IAF,
+    MAF,
+    FlowStack,
+    Reverse,
+    gaussian_log_prob,
+    standard_normal_log_prob,
+)
 from distill.flows.wavenet import CausalWaveNet
 
 __all__ = [
@@ -22,4 +29,5 @@ __all__ = [
     "MAF",
     "IAF",
     "standard_normal_log_prob",
+    "gaussian_log_prob",
 ]

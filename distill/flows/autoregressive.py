@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from distill.precision import at_least_float32
+
 __all__ = ["AffineAutoregressive", "bound_log_scale", "LOG_SCALE_MAX", "LOG_SCALE_KNEE"]
 
 LOG_SCALE_MAX = 12.0
@@ -129,6 +131,4 @@ class AffineAutoregressive(nn.Module):
 
 def _sum_events(log_scale: torch.Tensor) -> torch.Tensor:
     """Sum over the event axis, never in half precision."""
-    if log_scale.dtype in (torch.float16, torch.bfloat16):
-        log_scale = log_scale.float()
-    return log_scale.sum(dim=-1)
+    return at_least_float32(log_scale).sum(dim=-1)

@@ -29,6 +29,7 @@ from distill.audio import QUANT_STEP
 from distill.config import Config
 from distill.data import PreparedCorpus, SegmentDataset
 from distill.errors import DataError
+from distill.flows import gaussian_log_prob
 from distill.flows.linear_prediction import LinearPredictive
 from distill.metrics import flac_bits_per_sample, nll_bits_per_sample, prediction_gain_db
 from distill.models import Teacher
@@ -36,8 +37,6 @@ from distill.training.loop import Stage, TrainResult
 from distill.training.media import log_generated_vs_real
 
 __all__ = ["TeacherStage", "TeacherLikelihood"]
-
-_LOG_2PI = math.log(2 * math.pi)
 
 
 class TeacherLikelihood(nn.Module):
@@ -52,11 +51,9 @@ class TeacherLikelihood(nn.Module):
         for statistics (detached, float32, (B, T)): per-step log sigma and the residual
         ``audio - mu`` of the one-step prediction."""
         mu, log_sigma = self.teacher.gaussian_conditionals(audio, mel)
-        mu, log_sigma = mu.float(), log_sigma.float()
-        residual = audio.float() - mu
-        log_prob = -0.5 * ((residual * torch.exp(-log_sigma)).pow(2) + _LOG_2PI).sum(-1)
-        log_prob = log_prob - log_sigma.sum(-1)
-        return log_prob, log_sigma.detach(), residual.detach()
+        log_prob = gaussian_log_prob(audio, mu, log_sigma)
+        residual = (audio.float() - mu.float()).detach()
+        return log_prob, log_sigma.detach().float(), residual
 
 
 class TeacherStage(Stage):
