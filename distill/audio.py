@@ -22,7 +22,7 @@ import torch.nn.functional as F
 import torchaudio
 
 from distill.config import AudioConfig
-from distill.errors import AudioError, ConfigError
+from distill.errors import AudioError
 from distill.fileio import atomic_output
 from distill.precision import at_least_float32
 
@@ -30,7 +30,6 @@ __all__ = [
     "QUANT_STEP",
     "AUDIO_EXTENSIONS",
     "MEL_POWER",
-    "check_audio_config",
     "frame_padding",
     "network_input",
     "log_mel",
@@ -59,38 +58,6 @@ inputs well scaled, and ``log_floor=1e-5`` then sits at -100 dB below full scale
 LOUDNESS_RMS_DB = -23.0
 """Target RMS level (dBFS) of ``normalize="loudness"``; the peak is then limited to ``cfg.peak``."""
 
-_NORMALIZE_MODES = ("peak", "loudness", "none")
-
-
-def check_audio_config(cfg: AudioConfig) -> None:
-    """Raise :class:`ConfigError` for a feature config that cannot produce sensible features."""
-    if cfg.sample_rate <= 0:
-        raise ConfigError(f"audio.sample_rate must be positive, found {cfg.sample_rate}")
-    if not 0 < cfg.hop_length <= cfg.win_length <= cfg.n_fft:
-        raise ConfigError(
-            "audio config needs 0 < hop_length <= win_length <= n_fft, found "
-            f"hop_length={cfg.hop_length}, win_length={cfg.win_length}, n_fft={cfg.n_fft}"
-        )
-    if cfg.n_mels <= 0:
-        raise ConfigError(f"audio.n_mels must be positive, found {cfg.n_mels}")
-    if not 0 <= cfg.fmin < cfg.fmax <= cfg.sample_rate / 2:
-        raise ConfigError(
-            f"audio config needs 0 <= fmin < fmax <= sample_rate / 2 = {cfg.sample_rate / 2:g}, "
-            f"found fmin={cfg.fmin:g}, fmax={cfg.fmax:g}; lower audio.fmax or raise "
-            "audio.sample_rate"
-        )
-    if cfg.log_floor <= 0:
-        raise ConfigError(f"audio.log_floor must be positive, found {cfg.log_floor}")
-    if cfg.normalize not in _NORMALIZE_MODES:
-        raise ConfigError(
-            f"audio.normalize must be one of {', '.join(_NORMALIZE_MODES)}, found {cfg.normalize!r}"
-        )
-    if not 0 < cfg.peak < 1:
-        raise ConfigError(f"audio.peak must be in (0, 1), found {cfg.peak}")
-    if cfg.trim_top_db < 0:
-        raise ConfigError(f"audio.trim_top_db must be >= 0 (0 disables), found {cfg.trim_top_db}")
-
-
 # --- features ---------------------------------------------------------------------------------
 
 _MEL_CACHE: dict[tuple, torchaudio.transforms.MelSpectrogram] = {}
@@ -102,7 +69,6 @@ def _mel_module(cfg: AudioConfig, device: torch.device, dtype: torch.dtype):
     key = (cfg, str(device), dtype)
     module = _MEL_CACHE.get(key)
     if module is None:
-        check_audio_config(cfg)
         module = torchaudio.transforms.MelSpectrogram(
             sample_rate=cfg.sample_rate,
             n_fft=cfg.n_fft,
@@ -263,8 +229,6 @@ def normalize(audio: torch.Tensor, cfg: AudioConfig) -> torch.Tensor:
     :data:`LOUDNESS_RMS_DB` dBFS, then limit the peak to ``cfg.peak`` so nothing clips.
     "none": unchanged. Silence (all zeros) is returned unchanged.
     """
-    if cfg.normalize not in _NORMALIZE_MODES:
-        check_audio_config(cfg)
     peak = audio.abs().max()
     if cfg.normalize == "none" or peak <= 0:
         return audio

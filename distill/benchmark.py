@@ -22,8 +22,8 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from distill.checkpoint import check_audio_config, load_checkpoint, model_from_checkpoint
-from distill.config import Config, load_config
+from distill.checkpoint import load_checkpoint, model_from_checkpoint
+from distill.config import Config, check_same_features, load_config
 from distill.errors import ConfigError
 from distill.inference import Synthesizer, block_noise, resolve_device, resolve_dtype
 from distill.models import Student, Teacher
@@ -76,7 +76,7 @@ def build_models(
     student = (
         model_from_checkpoint(student_path, "student") if student_path else Student(config).eval()
     )
-    check_audio_config(
+    check_same_features(
         teacher.audio_config,
         student.audio_config,
         teacher_path or "the config",

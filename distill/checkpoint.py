@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from distill import __version__
-from distill.config import AudioConfig, Config, config_from_dict, config_to_dict
+from distill.config import Config, config_from_dict, config_to_dict
 from distill.errors import CheckpointError, DistillError
 from distill.fileio import atomic_output
 
@@ -25,7 +25,6 @@ __all__ = [
     "save_checkpoint",
     "load_checkpoint",
     "model_from_checkpoint",
-    "check_audio_config",
 ]
 
 FORMAT_VERSION = 1
@@ -94,22 +93,3 @@ def model_from_checkpoint(path: str | Path, kind: str, device=None, use_ema: boo
     if device is not None:
         model.to(device)
     return model.eval()
-
-
-def check_audio_config(
-    expected: AudioConfig, found: AudioConfig, expected_from: str, found_in: str
-) -> None:
-    """Raise a CheckpointError naming every differing feature setting and both sources."""
-    if expected == found:
-        return
-    diffs = [
-        f"{name}={getattr(expected, name)!r} ({expected_from}) vs {getattr(found, name)!r} "
-        f"({found_in})"
-        for name in expected.__dataclass_fields__
-        if getattr(expected, name) != getattr(found, name)
-    ]
-    raise CheckpointError(
-        "feature configs differ: "
-        + "; ".join(diffs)
-        + ". Use data prepared with the same audio settings, or re-run `distill prepare`."
-    )

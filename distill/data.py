@@ -39,15 +39,7 @@ import yaml
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
-from distill.audio import (
-    AUDIO_EXTENSIONS,
-    QUANT_STEP,
-    check_audio_config,
-    from_int16,
-    load_audio,
-    log_mel,
-    to_int16,
-)
+from distill.audio import AUDIO_EXTENSIONS, QUANT_STEP, from_int16, load_audio, log_mel, to_int16
 from distill.config import AudioConfig, config_to_dict
 from distill.errors import AudioError, ConfigError, DataError, DistillError
 from distill.fileio import atomic_output
@@ -228,8 +220,6 @@ def _split(ids: list[str], val_fraction: float, seed: int) -> set[str]:
     """Validation ids: the ``round(val_fraction * N)`` ids (at least 1, at most N - 1) with the
     lowest seeded hash. A pure function of the ids, so re-runs and other machines agree, and
     adding files to a large corpus moves few existing items across the split."""
-    if not 0 <= val_fraction < 1:
-        raise DataError(f"--val-fraction must be in [0, 1), found {val_fraction}")
     n = len(ids)
     k = round(val_fraction * n)
     if val_fraction > 0 and n >= 2:
@@ -257,7 +247,8 @@ def prepare_corpus(
     """
     start = time.perf_counter()
     cfg = cfg or AudioConfig()
-    check_audio_config(cfg)
+    if not 0 <= val_fraction < 1:
+        raise DataError(f"--val-fraction must be in [0, 1), found {val_fraction}")
     if (audio_dir is None) == (ljspeech is None):
         raise DataError("pass exactly one of --audio-dir DIR or --ljspeech DIR")
     source = Path(audio_dir if audio_dir is not None else ljspeech)
@@ -275,8 +266,6 @@ def prepare_corpus(
             )
     else:
         items = _scan_ljspeech(source)
-    if not 0 <= val_fraction < 1:
-        raise DataError(f"--val-fraction must be in [0, 1), found {val_fraction}")
 
     (out / "cache").mkdir(parents=True, exist_ok=True)
     for stale in (out / "cache").glob(".*.tmp"):
@@ -466,18 +455,6 @@ class PreparedCorpus:
     def load(self, entry: Entry) -> tuple[torch.Tensor, torch.Tensor]:
         """A whole utterance: audio (T,) float32, mel (n_mels, F), ``T = F * hop_length``."""
         return self.load_segment(entry, 0, entry.num_frames)
-
-    def check_audio_config(self, cfg: AudioConfig) -> None:
-        """Raise :class:`DataError` if ``cfg`` (e.g. a model's) differs from the features here."""
-        ours = config_to_dict(self.audio_config)
-        theirs = config_to_dict(cfg)
-        diffs = [f"{k}={ours[k]!r} here vs {theirs[k]!r}" for k in ours if ours[k] != theirs[k]]
-        if diffs:
-            raise DataError(
-                f"feature config of prepared folder {self.root} differs from the model's: "
-                f"{', '.join(diffs)}; re-run `distill prepare ... --out {self.root}` with the "
-                "same audio config as the model (or train with the folder's audio_config.yaml)"
-            )
 
 
 def load_prepared(root: str | Path) -> PreparedCorpus:

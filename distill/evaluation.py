@@ -39,6 +39,7 @@ import torch
 from distill import metrics
 from distill.audio import QUANT_STEP, load_audio, log_mel
 from distill.baselines import GRIFFIN_LIM_ITERS, griffin_lim
+from distill.config import check_same_features
 from distill.errors import AudioError, DataError
 from distill.flows import gaussian_log_prob
 from distill.report import QUALITY_METRICS, write_outputs
@@ -216,15 +217,19 @@ def score_file(
 
 
 def _load_models(student_path, teacher_path, corpus, device):
-    from distill.checkpoint import check_audio_config
     from distill.models import Student, Teacher
 
     student = Student.from_checkpoint(student_path, device=device)
-    corpus.check_audio_config(student.audio_config)
+    check_same_features(
+        student.audio_config,
+        corpus.audio_config,
+        f"student {student_path}",
+        f"prepared folder {corpus.root}",
+    )
     teacher = None
     if teacher_path is not None:
         teacher = Teacher.from_checkpoint(teacher_path, device=device)
-        check_audio_config(
+        check_same_features(
             student.audio_config,
             teacher.audio_config,
             f"student {student_path}",

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from distill.config import AudioConfig
-from distill.errors import AudioError, ConfigError
+from distill.errors import AudioError, ConfigError, InputError
 from distill.models import Student
 
 __all__ = ["Synthesizer", "NOISE_BLOCK", "block_noise", "resolve_device", "resolve_dtype"]
@@ -276,13 +276,11 @@ class Synthesizer:
         chunks equal :meth:`synthesize` with the same seed.
         """
         if chunk_frames < 1:
-            raise ConfigError(f"chunk_frames must be >= 1, found {chunk_frames}")
+            raise InputError(f"chunk_frames must be >= 1, found {chunk_frames}")
         unbatched = _ndim(mel) == 2
         if isinstance(mel, list | tuple):
-            raise ConfigError("stream takes one mel (n_mels, F) or a batch (B, n_mels, F)")
+            raise InputError("stream takes one mel (n_mels, F) or a batch (B, n_mels, F)")
         mels = self._as_mels(mel)
-        if len({m.shape[-1] for m in mels}) != 1:  # pragma: no cover - a tensor batch is even
-            raise ConfigError("stream needs mels of equal length")
         mel = torch.stack(mels)
         batch, _, total = mel.shape
         seed = self._seed(seed)
@@ -374,7 +372,7 @@ class Synthesizer:
         if seed is None:
             return int(torch.randint(0, 2**62, (1,)).item())
         if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or seed < 0:
-            raise ConfigError(f"seed must be a non-negative integer, found {seed!r}")
+            raise InputError(f"seed must be a non-negative integer, found {seed!r}")
         return int(seed)
 
     def _noise(self, frames, seed, noise, is_list, unbatched) -> list[torch.Tensor]:
@@ -388,12 +386,12 @@ class Synthesizer:
             noise = torch.as_tensor(noise)
             items = [noise] if unbatched else list(noise)
         if len(items) != len(frames):
-            raise ConfigError(f"noise holds {len(items)} items for {len(frames)} mels")
+            raise InputError(f"noise holds {len(items)} items for {len(frames)} mels")
         out = []
         for i, (n, f) in enumerate(zip(items, frames)):
             n = torch.as_tensor(n)
             if n.shape != (f * hop,):
-                raise ConfigError(
+                raise InputError(
                     f"noise for item {i} must have {f * hop} samples (frames * hop_length), "
                     f"found shape {tuple(n.shape)}"
                 )
@@ -404,7 +402,7 @@ class Synthesizer:
         """Validate and move to device: a list of (n_mels, F) tensors in the model dtype."""
         if isinstance(mel, list | tuple):
             if not mel:
-                raise ConfigError("no mels given: pass at least one (n_mels, frames) array")
+                raise InputError("no mels given: pass at least one (n_mels, frames) array")
             items = [self._one_mel(m, f"mel {i}") for i, m in enumerate(mel)]
         else:
             x = _tensor(mel, "mel")
@@ -413,9 +411,9 @@ class Synthesizer:
             elif x.dim() == 3:
                 items = [self._one_mel(m, f"mel {i}") for i, m in enumerate(x)]
                 if not items:
-                    raise ConfigError("empty mel batch: pass at least one mel")
+                    raise InputError("empty mel batch: pass at least one mel")
             else:
-                raise ConfigError(
+                raise InputError(
                     f"mel must have shape (n_mels={self.n_mels}, frames) or (batch, n_mels, "
                     f"frames), found {tuple(x.shape)}"
                 )
@@ -424,15 +422,15 @@ class Synthesizer:
     def _one_mel(self, mel, name: str) -> torch.Tensor:
         x = _tensor(mel, name)
         if x.dim() != 2 or x.shape[0] != self.n_mels:
-            raise ConfigError(
+            raise InputError(
                 f"{name} must have shape (n_mels={self.n_mels}, frames), found "
                 f"{tuple(x.shape)}; compute it with distill.audio.log_mel and this checkpoint's "
                 "feature config (or use Synthesizer.vocode on the wav)"
             )
         if x.shape[1] == 0:
-            raise ConfigError(f"{name} has zero frames; pass at least one frame")
+            raise InputError(f"{name} has zero frames; pass at least one frame")
         if not torch.isfinite(x).all():
-            raise ConfigError(f"{name} holds NaN or Inf values; recompute it from the audio")
+            raise InputError(f"{name} holds NaN or Inf values; recompute it from the audio")
         return x.to(device=self.device, dtype=self.dtype)
 
 
@@ -449,7 +447,7 @@ def _tensor(mel, name: str) -> torch.Tensor:
         try:
             x = torch.from_numpy(np.asarray(mel))
         except (TypeError, ValueError) as err:
-            raise ConfigError(f"{name} is not a numeric array ({err})") from err
+            raise InputError(f"{name} is not a numeric array ({err})") from err
     if not (x.is_floating_point() or x.dtype in (torch.int16, torch.int32, torch.int64)):
-        raise ConfigError(f"{name} must hold real numbers, found dtype {x.dtype}")
+        raise InputError(f"{name} must hold real numbers, found dtype {x.dtype}")
     return x.float() if not x.is_floating_point() else x

@@ -15,7 +15,7 @@ from torch import nn
 
 from distill.audio import network_input
 from distill.config import AudioConfig, Config, WaveNetConfig
-from distill.errors import ConfigError
+from distill.errors import InputError
 from distill.flows import AffineAutoregressive, CausalWaveNet, FlowStack, standard_normal_log_prob
 from distill.flows.linear_prediction import LinearPredictive
 from distill.pitch import HarmonicSource
@@ -55,13 +55,13 @@ class MelUpsampler(nn.Module):
 def check_mel(mel: torch.Tensor, audio_config: AudioConfig, name: str = "mel") -> None:
     """Shape and finiteness of a mel batch; errors say what was expected and found."""
     if mel.dim() != 3 or mel.shape[1] != audio_config.n_mels:
-        raise ConfigError(
+        raise InputError(
             f"{name} must have shape (batch, n_mels={audio_config.n_mels}, frames), found "
             f"{tuple(mel.shape)}; compute it with distill.audio.log_mel and the model's "
             "feature config"
         )
     if not torch.isfinite(mel).all():
-        raise ConfigError(f"{name} holds NaN or Inf values; recompute it from the audio")
+        raise InputError(f"{name} holds NaN or Inf values; recompute it from the audio")
 
 
 def _wavenet(cfg: WaveNetConfig, cond_channels: int) -> CausalWaveNet:
@@ -121,7 +121,7 @@ class _AudioFlow(nn.Module):
     def _check_audio(self, audio: torch.Tensor, mel: torch.Tensor) -> None:
         expected = mel.shape[-1] * self.hop_length
         if audio.dim() != 2 or audio.shape != (mel.shape[0], expected):
-            raise ConfigError(
+            raise InputError(
                 f"audio must have shape (batch, frames * hop_length) = ({mel.shape[0]}, "
                 f"{expected}) for a mel of {mel.shape[-1]} frames, found {tuple(audio.shape)}"
             )
@@ -150,8 +150,6 @@ class Teacher(_AudioFlow):
 
     def __init__(self, config: Config):
         t = config.teacher
-        if t.num_flows < 1:
-            raise ConfigError(f"teacher.num_flows must be >= 1, found {t.num_flows}")
         super().__init__(
             config,
             [t.wavenet] * t.num_flows,
@@ -198,8 +196,6 @@ class Student(_AudioFlow):
 
     def __init__(self, config: Config):
         s = config.student
-        if not s.flows:
-            raise ConfigError("student.flows must list at least one WaveNet flow")
         super().__init__(
             config,
             list(s.flows),

@@ -109,7 +109,7 @@ def test_silence_is_the_log_floor():
 
 def test_invalid_feature_config_is_a_config_error():
     with pytest.raises(ConfigError, match="fmax"):
-        log_mel(torch.zeros(1024), AudioConfig(sample_rate=8000, fmax=8000.0))
+        AudioConfig(sample_rate=8000, fmax=8000.0)
 
 
 # --- I/O --------------------------------------------------------------------------------------

@@ -165,14 +165,14 @@ def test_teacher_with_other_features_than_the_data_is_a_clear_error(setup, tmp_p
     other = dataclasses.replace(config, audio=dataclasses.replace(config.audio, n_mels=32))
     path = write_teacher(tmp_path / "t32.pt", other)
     # the student config agrees with the teacher, the prepared folder (40 mels) does not
-    with pytest.raises(CheckpointError, match=r"n_mels=32 \(teacher checkpoint .*40 \(prepared"):
+    with pytest.raises(ConfigError, match=r"n_mels=32 \(teacher checkpoint .*40 \(prepared"):
         StudentStage(other, path, data)
 
 
 def test_teacher_with_other_features_than_the_student_config_is_a_clear_error(setup, tmp_path):
     config, teacher_path, data = setup
     other = dataclasses.replace(config, audio=dataclasses.replace(config.audio, hop_length=64))
-    with pytest.raises(CheckpointError, match=r"hop_length=128 \(teacher.*64 \(the student"):
+    with pytest.raises(ConfigError, match=r"hop_length=128 \(teacher.*64 \(the student"):
         StudentStage(other, teacher_path, data)
 
 

@@ -14,7 +14,7 @@ import distill.flows.wavenet_fused as wavenet_fused
 from distill.checkpoint import save_checkpoint
 from distill.cli import main
 from distill.config import AudioConfig, Config, StudentConfig, TeacherConfig, WaveNetConfig
-from distill.errors import ConfigError
+from distill.errors import ConfigError, InputError
 from distill.flows import AffineAutoregressive, CausalWaveNet, FlowStack
 from distill.inference import Synthesizer, block_noise
 from distill.models import Student, Teacher
@@ -246,13 +246,13 @@ def test_from_checkpoint_uses_ema_and_vocode_returns_whole_frames(checkpoints, t
 
 def test_synthesizer_rejects_bad_mels():
     syn = Synthesizer(tiny_student(), device="cpu")
-    with pytest.raises(ConfigError, match=r"n_mels=8"):
+    with pytest.raises(InputError, match=r"n_mels=8"):
         syn.synthesize(torch.zeros(7, 10))
     bad = mel_like(5)
     bad[2, 3] = float("nan")
-    with pytest.raises(ConfigError, match="NaN or Inf"):
+    with pytest.raises(InputError, match="NaN or Inf"):
         syn.synthesize(bad)
-    with pytest.raises(ConfigError, match="zero frames"):
+    with pytest.raises(InputError, match="zero frames"):
         syn.synthesize(torch.zeros(8, 0))
     with pytest.raises(ConfigError, match="teacher checkpoint|Student"):
         Synthesizer(randomize(Teacher(TINY)))

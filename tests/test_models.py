@@ -9,8 +9,15 @@ import pytest
 import torch
 
 from distill.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
-from distill.config import Config, config_from_dict, config_to_dict, load_config
-from distill.errors import CheckpointError, ConfigError
+from distill.config import (
+    Config,
+    DistillLossConfig,
+    TrainingConfig,
+    config_from_dict,
+    config_to_dict,
+    load_config,
+)
+from distill.errors import CheckpointError, ConfigError, InputError
 from distill.flows.linear_prediction import LinearPredictive
 from distill.models import Student, Teacher
 
@@ -162,11 +169,11 @@ def test_receptive_field_of_the_student_is_the_sum_over_flows():
 
 def test_bad_shapes_and_values_are_clear_errors():
     teacher = Teacher.from_config(tiny_config())
-    with pytest.raises(ConfigError, match="n_mels=6"):
+    with pytest.raises(InputError, match="n_mels=6"):
         teacher.log_prob(torch.zeros(1, 20), torch.zeros(1, 7, 5))
-    with pytest.raises(ConfigError, match="NaN"):
+    with pytest.raises(InputError, match="NaN"):
         teacher.log_prob(torch.zeros(1, 20), torch.full((1, 6, 5), float("nan")))
-    with pytest.raises(ConfigError, match=r"\(1, 20\)"):
+    with pytest.raises(InputError, match=r"\(1, 20\)"):
         teacher.log_prob(torch.zeros(1, 21), torch.zeros(1, 6, 5))
 
 
@@ -229,6 +236,43 @@ def test_config_overrides_and_unknown_keys(tmp_path):
         load_config(bad)
     with pytest.raises(ConfigError, match="does not exist"):
         load_config(tmp_path / "nope.yaml")
+
+
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        ("teacher_training.lr=.nan", "teacher_training.lr must be a finite number, found nan"),
+        ("student_training.lr=-1e-3", "student_training.lr must be > 0, found -0.001"),
+        ("teacher_training.steps=0", "teacher_training.steps must be >= 1, found 0"),
+        ("student_training.batch_size=0", "student_training.batch_size must be >= 1"),
+        ("teacher_training.ema_decay=1", r"ema_decay must be in \[0, 1\), found 1.0"),
+        ("distill.temperature=.inf", "distill.temperature must be a finite number"),
+        ("distill.estimator=exact", "distill.estimator must be one of 'closed_form'"),
+        ("audio.fmax=16000", "audio.fmax must be .* at most sample_rate / 2 = 11025"),
+        ("audio.hop_length=2048", "audio.hop_length must be <= win_length <= n_fft"),
+        ("teacher.wavenet.gate_channels=7", "teacher.wavenet.gate_channels must be even"),
+        ("student.flows=[]", "student.flows must list at least one WaveNet flow"),
+        ("student.flows=[{dilations: [1, 0]}]", r"student.flows\[0\].dilations must be >= 1"),
+        ("teacher.upsampler_kernel=4", "teacher.upsampler_kernel must be odd"),
+    ],
+)
+def test_every_number_is_checked_when_the_config_is_read(override, message, tmp_path):
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, [override])
+    key, value = override.split("=", 1)
+    section, *rest = key.split(".")
+    if len(rest) == 1:  # the same from a YAML file
+        path = tmp_path / "bad.yaml"
+        path.write_text(f"{section}:\n  {rest[0]}: {value}\n")
+        with pytest.raises(ConfigError, match=message):
+            load_config(path)
+
+
+def test_config_sections_built_in_python_are_checked_too():
+    with pytest.raises(ConfigError, match=r"TrainingConfig.lr must be a finite number"):
+        TrainingConfig(lr=float("nan"))
+    with pytest.raises(ConfigError, match=r"DistillLossConfig.stft_resolutions"):
+        DistillLossConfig(stft_resolutions=((64, 16, 128),))
 
 
 def test_linear_prediction_is_causal_with_the_stated_receptive_field():

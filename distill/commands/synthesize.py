@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from distill.errors import ConfigError, DistillError
+from distill.errors import ConfigError, DistillError, InputError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -49,26 +49,26 @@ def load_mel(path: str | Path, n_mels: int) -> np.ndarray:
     """A (n_mels, frames) float array from a .npy file, or a DistillError naming the problem."""
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"mel file {path} does not exist; check the path")
+        raise InputError(f"mel file {path} does not exist; check the path")
     try:
         mel = np.load(path, allow_pickle=False)
     except (OSError, ValueError, EOFError) as err:
-        raise ConfigError(
+        raise InputError(
             f"{path} is not a numpy .npy array ({err}); save mels with numpy.save"
         ) from err
     if mel.ndim == 3 and mel.shape[0] == 1:
         mel = mel[0]
     if mel.ndim != 2 or mel.shape[0] != n_mels:
-        raise ConfigError(
+        raise InputError(
             f"{path} has shape {mel.shape}, expected (n_mels={n_mels}, frames) from the "
             "checkpoint's feature config; compute it with distill.audio.log_mel and that config"
         )
     if not np.issubdtype(mel.dtype, np.number):
-        raise ConfigError(f"{path} holds {mel.dtype} values, expected floats")
+        raise InputError(f"{path} holds {mel.dtype} values, expected floats")
     if mel.shape[1] == 0:
-        raise ConfigError(f"{path} has zero frames")
+        raise InputError(f"{path} has zero frames")
     if not np.isfinite(mel).all():
-        raise ConfigError(f"{path} holds NaN or Inf values; recompute it from the audio")
+        raise InputError(f"{path} holds NaN or Inf values; recompute it from the audio")
     return mel.astype(np.float32)
 
 
@@ -93,6 +93,7 @@ def _sync(device: torch.device) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from distill.audio import load_audio, log_mel, save_wav
+    from distill.config import check_same_features
     from distill.inference import Synthesizer
 
     out_dir = Path(args.out_dir)
@@ -106,7 +107,12 @@ def run(args: argparse.Namespace) -> int:
         from distill.data import PreparedCorpus
 
         corpus = PreparedCorpus(args.data)
-        corpus.check_audio_config(cfg)
+        check_same_features(
+            cfg,
+            corpus.audio_config,
+            f"checkpoint {args.checkpoint}",
+            f"prepared folder {args.data}",
+        )
         entries = corpus.items(args.split)
         if not entries:
             raise ConfigError(f"split {args.split!r} of {args.data} is empty; choose another")

@@ -89,7 +89,6 @@ __all__ = [
     "seed_everything",
     "rng_state",
     "set_rng_state",
-    "check_training_config",
     "check_out_dir",
     "peak_memory_mb",
 ]
@@ -206,32 +205,6 @@ class Stage:
 
 
 # --- small pieces -----------------------------------------------------------------------------
-
-
-def check_training_config(tc: TrainingConfig, section: str) -> None:
-    """Raise ConfigError naming the key for values a run cannot use."""
-    positive = ("steps", "batch_size", "segment_frames", "val_every", "save_every", "log_every")
-    for key in positive:
-        if getattr(tc, key) <= 0:
-            raise ConfigError(f"{section}.{key} must be positive, found {getattr(tc, key)}")
-    if tc.lr <= 0:
-        raise ConfigError(f"{section}.lr must be positive, found {tc.lr}")
-    if tc.warmup_steps < 0 or tc.grad_clip < 0 or tc.weight_decay < 0 or tc.num_workers < 0:
-        raise ConfigError(
-            f"{section}.warmup_steps, grad_clip, weight_decay and num_workers must be >= 0"
-        )
-    if tc.lr_decay not in ("cosine", "constant"):
-        raise ConfigError(
-            f"{section}.lr_decay must be 'cosine' or 'constant', found {tc.lr_decay!r}"
-        )
-    if not 0 <= tc.min_lr_ratio <= 1:
-        raise ConfigError(f"{section}.min_lr_ratio must be in [0, 1], found {tc.min_lr_ratio}")
-    if not 0 <= tc.ema_decay < 1:
-        raise ConfigError(f"{section}.ema_decay must be in [0, 1), found {tc.ema_decay}")
-    if tc.max_bad_steps < 1:
-        raise ConfigError(f"{section}.max_bad_steps must be >= 1, found {tc.max_bad_steps}")
-    if tc.val_clips < 1 or tc.val_max_seconds <= 0:
-        raise ConfigError(f"{section}.val_clips and val_max_seconds must be positive")
 
 
 def lr_at(step: int, tc: TrainingConfig) -> float:
@@ -429,7 +402,6 @@ def train(
     ctx = ctx or DistContext()
     tc = stage.training
     section = stage.training_section or "training"
-    check_training_config(tc, section)
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out} exists and is not a folder; choose another path")

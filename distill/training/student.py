@@ -38,8 +38,8 @@ import torch
 from torch import nn
 
 from distill.audio import QUANT_STEP
-from distill.checkpoint import check_audio_config, load_checkpoint, model_from_checkpoint
-from distill.config import Config
+from distill.checkpoint import load_checkpoint, model_from_checkpoint
+from distill.config import Config, check_same_features
 from distill.data import PreparedCorpus, SegmentDataset
 from distill.errors import CheckpointError, ConfigError, DataError
 from distill.losses import DistillationLoss, check_estimator
@@ -57,8 +57,8 @@ _LN2 = math.log(2.0)
 def load_frozen_teacher(path: str | Path, audio_config=None, what: str = "the student config"):
     """Teacher from its checkpoint alone (EMA weights), frozen; its checkpoint data too.
 
-    A missing file, a student checkpoint, or a feature config other than ``audio_config`` is a
-    :class:`~distill.errors.CheckpointError` naming both values.
+    A missing file or a student checkpoint is a CheckpointError, a feature config other than
+    ``audio_config`` a ConfigError naming both values.
     """
     if not Path(path).is_file():
         raise CheckpointError(
@@ -67,7 +67,7 @@ def load_frozen_teacher(path: str | Path, audio_config=None, what: str = "the st
         )
     data = load_checkpoint(path, "teacher")
     if audio_config is not None:
-        check_audio_config(data["config"].audio, audio_config, f"teacher checkpoint {path}", what)
+        check_same_features(data["config"].audio, audio_config, f"teacher checkpoint {path}", what)
     teacher = model_from_checkpoint(path, "teacher")
     return teacher.eval().requires_grad_(False), data
 
@@ -142,7 +142,7 @@ class StudentStage(Stage):
             self.teacher_path, config.audio, "the student config (--config and overrides)"
         )
         self.corpus = data if isinstance(data, PreparedCorpus) else PreparedCorpus(data)
-        check_audio_config(
+        check_same_features(
             tdata["config"].audio,
             self.corpus.audio_config,
             f"teacher checkpoint {self.teacher_path}",

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from distill.audio import QUANT_STEP
-from distill.config import Config
+from distill.config import Config, check_same_features
 from distill.data import PreparedCorpus, SegmentDataset
 from distill.errors import DataError
 from distill.flows import gaussian_log_prob
@@ -67,7 +67,12 @@ class TeacherStage(Stage):
     def __init__(self, config: Config, data: str | Path | PreparedCorpus):
         super().__init__(config, config.teacher_training)
         self.corpus = data if isinstance(data, PreparedCorpus) else PreparedCorpus(data)
-        self.corpus.check_audio_config(config.audio)
+        check_same_features(
+            config.audio,
+            self.corpus.audio_config,
+            "the config (--config and overrides)",
+            f"prepared folder {self.corpus.root}",
+        )
         for split in ("train", "val"):
             if not self.corpus.items(split):
                 raise DataError(
