@@ -22,8 +22,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from distill.checkpoint import load_checkpoint, model_from_checkpoint
-from distill.config import Config, check_same_features, load_config
+from distill.config import check_same_features, load_config
 from distill.errors import ConfigError
 from distill.inference import Synthesizer, block_noise, resolve_device, resolve_dtype
 from distill.models import Student, Teacher
@@ -60,22 +59,19 @@ def build_models(
 ) -> tuple[Teacher, Student, str]:
     """Teacher and student from checkpoints where given, else randomly initialised from a config
     (``--config``, or the config inside whichever checkpoint was given)."""
-    config: Config | None = None
-    if config_path is not None:
-        config = load_config(config_path)
-    elif teacher_path or student_path:
-        config = load_checkpoint(teacher_path or student_path)["config"]
-    else:
+    if config_path is None and not (teacher_path or student_path):
         raise ConfigError(
             "give --config (e.g. recipes/configs/demo.yaml) or --teacher/--student checkpoints"
         )
+    teacher = Teacher.from_checkpoint(teacher_path) if teacher_path else None
+    student = Student.from_checkpoint(student_path) if student_path else None
+    if config_path is not None:
+        config = load_config(config_path)
+    else:
+        config = (teacher or student).config
     torch.manual_seed(0)
-    teacher = (
-        model_from_checkpoint(teacher_path, "teacher") if teacher_path else Teacher(config).eval()
-    )
-    student = (
-        model_from_checkpoint(student_path, "student") if student_path else Student(config).eval()
-    )
+    teacher = teacher or Teacher(config).eval()
+    student = student or Student(config).eval()
     check_same_features(
         teacher.audio_config,
         student.audio_config,

@@ -26,6 +26,7 @@ never has to pass through the network in one piece.
 
 from __future__ import annotations
 
+import copy
 import math
 import platform
 import time
@@ -277,7 +278,8 @@ def evaluate(
         )
     device = resolve_device(options.device)
     student, teacher = _load_models(student_path, teacher_path, corpus, device)
-    synth = Synthesizer.from_checkpoint(student_path, device=device, dtype=options.dtype)
+    # the Synthesizer takes its student over (dtype, frozen): a copy, the file is read once
+    synth = Synthesizer(copy.deepcopy(student), device=device, dtype=options.dtype)
     cfg = student.audio_config
     sr = cfg.sample_rate
     chunk = _chunk_frames(cfg, options.chunk_seconds)

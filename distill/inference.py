@@ -178,10 +178,8 @@ class Synthesizer:
         cuda_graphs: bool = False,
     ) -> Synthesizer:
         """Load the student (EMA weights when present) from ``checkpoints/NAME/student/*.pt``."""
-        from distill.checkpoint import model_from_checkpoint
-
         device = resolve_device(device)  # fail on a bad device before reading the file
-        student = model_from_checkpoint(path, "student", device="cpu", use_ema=use_ema)
+        student = Student.from_checkpoint(path, use_ema=use_ema)
         return cls(student, device=device, dtype=dtype, compile=compile, cuda_graphs=cuda_graphs)
 
     # --- what the model expects ----------------------------------------------------------------

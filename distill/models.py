@@ -14,8 +14,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from distill.audio import network_input
+from distill.checkpoint import load_checkpoint
 from distill.config import AudioConfig, Config, WaveNetConfig
-from distill.errors import InputError
+from distill.errors import CheckpointError, InputError
 from distill.flows import AffineAutoregressive, CausalWaveNet, FlowStack, standard_normal_log_prob
 from distill.flows.linear_prediction import LinearPredictive
 from distill.pitch import HarmonicSource
@@ -136,11 +137,22 @@ class _AudioFlow(nn.Module):
         return noise * temperature
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path, device=None, use_ema: bool = True):
-        """Rebuild from a checkpoint file alone (EMA weights when present and asked for)."""
-        from distill.checkpoint import model_from_checkpoint
-
-        return model_from_checkpoint(path, cls.kind, device=device, use_ema=use_ema)
+    def from_checkpoint(
+        cls, path: str | Path, device=None, use_ema: bool = True, data: dict | None = None
+    ):
+        """The model of a checkpoint file alone, in eval mode (EMA weights when present and
+        ``use_ema``). ``data``: what :func:`~distill.checkpoint.load_checkpoint` already read
+        from ``path``, so that a caller needing its other entries reads the file once."""
+        data = load_checkpoint(path, cls.kind) if data is None else data
+        model = cls(data["config"])
+        state = data.get("ema") if use_ema and data.get("ema") else data["model"]
+        try:
+            model.load_state_dict(state)
+        except RuntimeError as err:
+            raise CheckpointError(f"{path}: weights do not match its own config: {err}") from err
+        if device is not None:
+            model.to(device)
+        return model.eval()
 
 
 class Teacher(_AudioFlow):
@@ -159,10 +171,6 @@ class Teacher(_AudioFlow):
             t.log_scale_min,
             t.linear_prediction_order,
         )
-
-    @classmethod
-    def from_config(cls, config: Config) -> Teacher:
-        return cls(config)
 
     def log_prob(self, audio: torch.Tensor, mel: torch.Tensor) -> torch.Tensor:
         """audio (B, T), mel (B, n_mels, F) with T = F * hop -> log p(audio | mel) (B,) nats."""
@@ -208,10 +216,6 @@ class Student(_AudioFlow):
 
         # The base is N(source(mel), I) with a harmonic source, N(0, I) without.
         self.source = HarmonicSource(config.audio) if s.harmonic_source else None
-
-    @classmethod
-    def from_config(cls, config: Config) -> Student:
-        return cls(config)
 
     def base_mean(self, mel: torch.Tensor) -> torch.Tensor | None:
         """The base distribution's mean (B, T): the predicted excitation, or None (zero)."""

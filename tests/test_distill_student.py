@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from distill.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
+from distill.checkpoint import load_checkpoint, save_checkpoint
 from distill.cli import main
 from distill.config import (
     Config,
@@ -214,7 +214,7 @@ def test_command_writes_resumable_self_describing_checkpoints(setup, tmp_path, c
     assert best["best"]["metric"] == "val/objective"
     for key in ("val/kl_per_sample", "val/teacher_bits_per_sample_student", "val/stft"):
         assert key in best["val"]
-    student = model_from_checkpoint(out / "best.pt", "student")  # alone enough to synthesise
+    student = Student.from_checkpoint(out / "best.pt")  # alone enough to synthesise
     mel = torch.randn(1, config.audio.n_mels, 4) - 5
     audio, _ = student.sample(mel)
     assert audio.shape == (1, 4 * config.audio.hop_length) and torch.isfinite(audio).all()

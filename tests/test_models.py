@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from distill.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
+from distill.checkpoint import load_checkpoint, save_checkpoint
 from distill.config import (
     Config,
     DistillLossConfig,
@@ -70,7 +70,7 @@ LP = ["teacher.linear_prediction_order=0", "teacher.linear_prediction_order=5"]
 @pytest.mark.parametrize("lp", LP)
 @pytest.mark.parametrize("num_flows", [1, 2])
 def test_teacher_per_step_gaussians_reproduce_log_prob(num_flows, lp):
-    teacher = randomized(Teacher.from_config(tiny_config(f"teacher.num_flows={num_flows}", lp)))
+    teacher = randomized(Teacher(tiny_config(f"teacher.num_flows={num_flows}", lp)))
     mel = mel_batch()
     audio = torch.randn(2, 20, dtype=torch.float64) * 0.3
     mu, log_sigma = teacher.gaussian_conditionals(audio, mel)
@@ -82,7 +82,7 @@ def test_teacher_per_step_gaussians_reproduce_log_prob(num_flows, lp):
 @pytest.mark.parametrize("lp", LP)
 @pytest.mark.parametrize("num_flows", [1, 2])
 def test_teacher_cached_generation_equals_naive(num_flows, lp):
-    teacher = randomized(Teacher.from_config(tiny_config(f"teacher.num_flows={num_flows}", lp)))
+    teacher = randomized(Teacher(tiny_config(f"teacher.num_flows={num_flows}", lp)))
     mel = mel_batch()
     noise = torch.randn(2, 20, dtype=torch.float64)
     cached = teacher.sample(mel, noise=noise, temperature=0.7)
@@ -94,7 +94,7 @@ def test_teacher_cached_generation_equals_naive(num_flows, lp):
 
 
 def test_teacher_sample_and_density_run_in_float32():
-    teacher = Teacher.from_config(tiny_config())
+    teacher = Teacher(tiny_config())
     mel = mel_batch().float()
     x = teacher.sample(mel)
     assert x.shape == (2, 20) and x.dtype == torch.float32
@@ -110,7 +110,7 @@ def test_teacher_sample_and_density_run_in_float32():
     ],
 )
 def test_student_log_prob_of_its_sample_equals_returned_log_prob(lp):
-    student = randomized(Student.from_config(tiny_config(lp)))
+    student = randomized(Student(tiny_config(lp)))
     mel = mel_batch()
     audio, log_prob = student.sample(mel, temperature=0.8)
     torch.testing.assert_close(student.log_prob(audio, mel), log_prob, atol=1e-8, rtol=0)
@@ -120,8 +120,8 @@ def test_student_log_prob_of_its_sample_equals_returned_log_prob(lp):
 
 
 def test_batch_equals_per_item():
-    teacher = randomized(Teacher.from_config(tiny_config("teacher.num_flows=2")))
-    student = randomized(Student.from_config(tiny_config()))
+    teacher = randomized(Teacher(tiny_config("teacher.num_flows=2")))
+    student = randomized(Student(tiny_config()))
     mel = mel_batch(batch=3)
     audio = torch.randn(3, 20, dtype=torch.float64) * 0.2
     noise = torch.randn(3, 20, dtype=torch.float64)
@@ -142,7 +142,7 @@ def test_mel_reaches_every_layer_and_every_parameter_learns(cls):
         "student.linear_prediction_order=3",
         "student.harmonic_source=true",
     )
-    model = randomized(cls.from_config(tiny_config(*lp)))
+    model = randomized(cls(tiny_config(*lp)))
     mel = mel_batch()
     audio = torch.randn(2, 20, dtype=torch.float64) * 0.2
     ctx = model.context(mel)
@@ -157,7 +157,7 @@ def test_mel_reaches_every_layer_and_every_parameter_learns(cls):
 
 
 def test_receptive_field_of_the_student_is_the_sum_over_flows():
-    student = randomized(Student.from_config(tiny_config()))
+    student = randomized(Student(tiny_config()))
     assert student.receptive_field == (1 + 3) + (1 + 7)
     mel = torch.full((1, 6, 10), -5.0, dtype=torch.float64)
     z = torch.randn(1, 40, dtype=torch.float64, requires_grad=True)
@@ -168,7 +168,7 @@ def test_receptive_field_of_the_student_is_the_sum_over_flows():
 
 
 def test_bad_shapes_and_values_are_clear_errors():
-    teacher = Teacher.from_config(tiny_config())
+    teacher = Teacher(tiny_config())
     with pytest.raises(InputError, match="n_mels=6"):
         teacher.log_prob(torch.zeros(1, 20), torch.zeros(1, 7, 5))
     with pytest.raises(InputError, match="NaN"):
@@ -182,11 +182,11 @@ def test_bad_shapes_and_values_are_clear_errors():
 
 def test_checkpoint_round_trip_gives_identical_outputs(tmp_path):
     cfg = tiny_config()
-    student = randomized(Student.from_config(cfg)).float()
+    student = randomized(Student(cfg)).float()
     path = tmp_path / "student.pt"
     save_checkpoint(path, {"kind": "student", "config": cfg, "model": student.state_dict()})
     assert not list(tmp_path.glob(".*.tmp"))
-    loaded = model_from_checkpoint(path, "student")
+    loaded = Student.from_checkpoint(path)
     assert loaded.config == cfg
     mel = mel_batch().float()
     noise = torch.randn(2, 20)
@@ -199,9 +199,7 @@ def test_checkpoint_round_trip_gives_identical_outputs(tmp_path):
 def test_checkpoint_errors_name_the_problem(tmp_path):
     cfg = tiny_config()
     path = tmp_path / "teacher.pt"
-    save_checkpoint(
-        path, {"kind": "teacher", "config": cfg, "model": Teacher.from_config(cfg).state_dict()}
-    )
+    save_checkpoint(path, {"kind": "teacher", "config": cfg, "model": Teacher(cfg).state_dict()})
     with pytest.raises(CheckpointError, match="is a teacher checkpoint, but a student"):
         load_checkpoint(path, "student")
     with pytest.raises(CheckpointError, match="does not exist"):
@@ -219,8 +217,8 @@ def test_checkpoint_errors_name_the_problem(tmp_path):
 def test_shipped_configs_load_and_build(name):
     cfg = load_config(REPO / "recipes" / "configs" / name)
     assert config_from_dict(config_to_dict(cfg)) == cfg
-    Teacher.from_config(cfg)
-    Student.from_config(cfg)
+    Teacher(cfg)
+    Student(cfg)
 
 
 def test_config_overrides_and_unknown_keys(tmp_path):
@@ -276,7 +274,7 @@ def test_config_sections_built_in_python_are_checked_too():
 
 
 def test_linear_prediction_is_causal_with_the_stated_receptive_field():
-    teacher = randomized(Teacher.from_config(tiny_config("teacher.linear_prediction_order=12")))
+    teacher = randomized(Teacher(tiny_config("teacher.linear_prediction_order=12")))
     assert teacher.receptive_field == 8 + 12  # the WaveNet reads residuals of 12 samples each
     mel = torch.full((1, 6, 10), -5.0, dtype=torch.float64)
     x = torch.randn(1, 40, dtype=torch.float64, requires_grad=True)
@@ -289,7 +287,7 @@ def test_linear_prediction_is_causal_with_the_stated_receptive_field():
 def test_shift_and_log_scale_layers_stay_float32_under_bf16_autocast():
     """Under autocast the WaveNet body runs in bf16 but the layers that make the shift, the
     log-scale and the linear-prediction terms must not (sigma is ~1/100 of the signal)."""
-    teacher = Teacher.from_config(tiny_config("teacher.linear_prediction_order=5")).float()
+    teacher = Teacher(tiny_config("teacher.linear_prediction_order=5")).float()
     lp = teacher.flow.layers[0].conditioner
     dtypes = {}
     layers = {"out": lp.wavenet.out, "head": lp.wavenet.head, "coef": lp.coef_proj}

@@ -17,7 +17,7 @@ import pytest
 import torch
 import yaml
 
-from distill.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
+from distill.checkpoint import load_checkpoint, save_checkpoint
 from distill.cli import main as cli_main
 from distill.config import config_from_dict, config_to_dict
 from distill.data import SegmentDataset
@@ -216,7 +216,7 @@ def test_training_lowers_nll_and_checkpoint_loads_back(
     assert data["step"] == 24 and data["config"] == cfg
     assert data["config"].audio == tiny_audio_config
     assert {"model", "ema", "optimizer", "rng", "best", "format_version"} <= set(data)
-    raw = model_from_checkpoint(out / "latest.pt", "teacher", use_ema=False)
+    raw = Teacher.from_checkpoint(out / "latest.pt", use_ema=False)
     assert states_equal(raw.state_dict(), stage.model.state_dict())
     assert nll_per_sample(raw, batch) == after
     ema = Teacher.from_checkpoint(out / "best.pt")

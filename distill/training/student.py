@@ -38,8 +38,8 @@ import torch
 from torch import nn
 
 from distill.audio import QUANT_STEP
-from distill.checkpoint import load_checkpoint, model_from_checkpoint
-from distill.config import Config, check_same_features
+from distill.checkpoint import load_checkpoint
+from distill.config import AudioConfig, Config, check_same_features
 from distill.data import PreparedCorpus, SegmentDataset
 from distill.errors import CheckpointError, ConfigError, DataError
 from distill.losses import DistillationLoss, check_estimator
@@ -54,11 +54,14 @@ __all__ = ["DistillObjective", "StudentStage", "init_student", "load_frozen_teac
 _LN2 = math.log(2.0)
 
 
-def load_frozen_teacher(path: str | Path, audio_config=None, what: str = "the student config"):
-    """Teacher from its checkpoint alone (EMA weights), frozen; its checkpoint data too.
+def load_frozen_teacher(
+    path: str | Path, audio_config: AudioConfig, what: str
+) -> tuple[Teacher, dict]:
+    """The teacher of a checkpoint (EMA weights), frozen, and the checkpoint's data: the file
+    is read once.
 
     A missing file or a student checkpoint is a CheckpointError, a feature config other than
-    ``audio_config`` a ConfigError naming both values.
+    ``audio_config`` (from ``what``) a ConfigError naming both values.
     """
     if not Path(path).is_file():
         raise CheckpointError(
@@ -66,10 +69,9 @@ def load_frozen_teacher(path: str | Path, audio_config=None, what: str = "the st
             "(bash recipes/train_teacher.sh) or pass --teacher with the path of its best.pt"
         )
     data = load_checkpoint(path, "teacher")
-    if audio_config is not None:
-        check_same_features(data["config"].audio, audio_config, f"teacher checkpoint {path}", what)
-    teacher = model_from_checkpoint(path, "teacher")
-    return teacher.eval().requires_grad_(False), data
+    check_same_features(data["config"].audio, audio_config, f"teacher checkpoint {path}", what)
+    teacher = Teacher.from_checkpoint(path, data=data)
+    return teacher.requires_grad_(False), data
 
 
 def init_student(config: Config, teacher: Teacher) -> Student:
