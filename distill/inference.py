@@ -1,7 +1,9 @@
 """Student-only synthesis: mel in, audio out, in one parallel pass.
 
 :class:`Synthesizer` loads the IAF student alone (never the teacher) from its checkpoint, which
-also carries the feature config, so ``vocode`` computes mels exactly as training did.
+also carries the feature config, so ``vocode`` computes mels exactly as training did. Its one
+pass, batched or ragged, is :meth:`distill.models.AudioFlow.decode`, the map training and
+:meth:`Student.sample <distill.models.AudioFlow.sample>` run.
 
 Noise is drawn in fixed blocks of :data:`NOISE_BLOCK` samples, each from its own generator
 seeded by ``(seed, item, block)``. Any stretch of an utterance's noise can therefore be drawn
@@ -160,6 +162,11 @@ class Synthesizer:
         self.dtype = resolve_dtype(dtype)
         if cuda_graphs and self.device.type != "cuda":
             raise ConfigError("cuda_graphs=True needs a CUDA device; drop it or use device=cuda")
+        if cuda_graphs and student.source is not None:
+            raise ConfigError(
+                "cuda_graphs=True cannot capture a student with student.harmonic_source (its "
+                "pulse train has data-dependent control flow); drop cuda_graphs"
+            )
         self.student = student.to(device=self.device, dtype=self.dtype).eval()
         for p in self.student.parameters():
             p.requires_grad_(False)
@@ -271,8 +278,14 @@ class Synthesizer:
         """Yield audio chunks of ``chunk_frames * hop`` samples (the last may be shorter).
 
         mel: (n_mels, F) -> chunks (n,); (B, n_mels, F) -> chunks (B, n). Concatenated, the
-        chunks equal :meth:`synthesize` with the same seed.
+        chunks equal :meth:`synthesize` with the same seed. A student with a harmonic source is
+        refused: its pulse train's phase runs over the whole clip.
         """
+        if self.student.source is not None:
+            raise ConfigError(
+                "stream does not support a student with student.harmonic_source yet (the pulse "
+                "train's phase would have to be carried across chunks); use synthesize"
+            )
         if chunk_frames < 1:
             raise InputError(f"chunk_frames must be >= 1, found {chunk_frames}")
         unbatched = _ndim(mel) == 2
@@ -315,8 +328,7 @@ class Synthesizer:
 
     def _forward(self, mel: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         """mel (B, n_mels, F), scaled noise (B, F * hop) -> audio (B, F * hop)."""
-        ctx = self.student.upsampler.encode(mel)
-        return self.student.flow(z, ctx)[0]
+        return self.student.decode(mel, z)[0]
 
     def _run(self, mel: torch.Tensor, z: torch.Tensor, temperature: float) -> torch.Tensor:
         z = z.to(self.dtype) * temperature
@@ -346,21 +358,14 @@ class Synthesizer:
         return graph, static_mel, static_z, static_out
 
     def _run_ragged(self, mels: list[torch.Tensor], z: list[torch.Tensor], temperature: float):
-        """Different lengths in one pass: per-item frame-rate features, edge-padded to the
-        longest (which is exactly what the interpolation's clamping sees), zero-padded noise
-        (the flows are causal, so padding after an item cannot reach it), trimmed after."""
-        longest = max(m.shape[-1] for m in mels)
-        hop = self.hop_length
-        ctx = torch.cat(
-            [
-                F.pad(
-                    self.student.upsampler.encode(m[None]), (0, longest - m.shape[-1]), "replicate"
-                )
-                for m in mels
-            ]
-        )
+        """Different lengths in one pass: mels and noise zero-padded to the longest, each item
+        conditioned on its own frames (:meth:`~distill.models.AudioFlow.conditioning`), trimmed
+        after by the caller."""
+        frames = [m.shape[-1] for m in mels]
+        longest, hop = max(frames), self.hop_length
+        mel = torch.stack([F.pad(m, (0, longest - m.shape[-1])) for m in mels])
         noise = torch.stack([F.pad(n.to(self.dtype), (0, longest * hop - n.shape[-1])) for n in z])
-        return self.student.flow(noise * temperature, ctx)[0]
+        return self.student.decode(mel, noise * temperature, frames)[0]
 
     def _output(self, audio: torch.Tensor) -> torch.Tensor:
         """Audio back on the CPU in float32 (float64 when synthesising in float64)."""

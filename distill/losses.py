@@ -289,7 +289,7 @@ class DistillationLoss:
     @staticmethod
     def _student_sample(student, context, z, audio):
         if audio:
-            return student.sample(context, temperature=1.0, noise=z)
+            return student.sample_with_log_prob(context, noise=z)
         return student.flow.sample_with_log_prob(z, context)
 
     @staticmethod

@@ -267,10 +267,10 @@ class StudentStage(Stage):
         frames = min(frames, mel.shape[-1])
         samples = frames * cfg.hop_length
         mel, real, noise = mel[:, :frames], audio[:samples], noise[:samples]
-        fake, _ = ema_model.sample(
+        fake = ema_model.sample(
             mel[None].to(self.device),
-            temperature=self.config.distill.temperature,
             noise=noise[None].to(self.device),
+            temperature=self.config.distill.temperature,
         )
         log_generated_vs_real(writer, "student", fake[0], real, mel, cfg, step)
 
