@@ -188,21 +188,36 @@ class _VectorFlow(nn.Module):
             layers.append(AffineAutoregressive(made, self.mode, log_scale_min))
         self.flow = FlowStack(layers)
 
+    def noise_shape(self, context: torch.Tensor) -> tuple[int, int]:
+        """Shape of the base noise for one sample per context row: (B, D)."""
+        return context.shape[0], self.features
+
+    def _noise(self, context: torch.Tensor, noise: torch.Tensor | None) -> torch.Tensor:
+        if noise is None:
+            noise = torch.randn(
+                self.noise_shape(context), dtype=context.dtype, device=context.device
+            )
+        return noise
+
     def log_prob(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
         """x: (B, D), context: (B, C) -> (B,)."""
         return self.flow.log_prob(x, context)
 
     def sample_with_log_prob(self, context: torch.Tensor, noise: torch.Tensor | None = None):
         """One sample per context row: (x (B, D), log_prob (B,))."""
-        if noise is None:
-            noise = torch.randn(
-                context.shape[0], self.features, dtype=context.dtype, device=context.device
-            )
-        return self.flow.sample_with_log_prob(noise, context)
+        return self.flow.sample_with_log_prob(self._noise(context, noise), context)
 
     def sample(self, context: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
         """One sample per context row: (B, D)."""
         return self.sample_with_log_prob(context, noise)[0]
+
+    def gaussian_conditionals(self, x: torch.Tensor, context: torch.Tensor):
+        """MAF without permutations: per-step ``mu, log_sigma`` (B, D) of ``p(x_i | x_{<i})``."""
+        return self.flow.gaussian_conditionals(x, context)
+
+    def sample_with_conditionals(self, context: torch.Tensor, noise: torch.Tensor | None = None):
+        """IAF without permutations: x, log_prob (B,), per-step mean and log-scale (B, D)."""
+        return self.flow.sample_with_conditionals(self._noise(context, noise), context)
 
 
 class MAF(_VectorFlow):
