@@ -37,12 +37,12 @@ import numpy as np
 import torch
 import yaml
 from torch.utils.data import Dataset
-from tqdm import tqdm
 
 from distill.audio import AUDIO_EXTENSIONS, QUANT_STEP, from_int16, load_audio, log_mel, to_int16
 from distill.config import AudioConfig, config_to_dict
 from distill.errors import AudioError, ConfigError, DataError, DistillError
 from distill.fileio import atomic_output
+from distill.progress import progress as show_progress
 
 __all__ = [
     "FORMAT_VERSION",
@@ -286,7 +286,7 @@ def prepare_corpus(
     reused = 0
     with ThreadPoolExecutor(max_workers=workers or min(4, os.cpu_count() or 1)) as pool:
         results = pool.map(work, items)
-        for result, failure in tqdm(
+        for result, failure in show_progress(
             results, total=len(items), desc="prepare", unit="file", disable=not progress
         ):
             if failure is not None:

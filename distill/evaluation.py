@@ -43,6 +43,7 @@ from distill.baselines import GRIFFIN_LIM_ITERS, griffin_lim
 from distill.config import check_same_features
 from distill.errors import AudioError, DataError
 from distill.flows import gaussian_log_prob
+from distill.progress import progress as show_progress
 from distill.report import QUALITY_METRICS, write_outputs
 
 __all__ = [
@@ -258,8 +259,6 @@ def evaluate(
     Returns the metrics dict that metrics.json holds. Nothing is written until every number is
     computed; the files then appear together (report.md and metrics.json last).
     """
-    from tqdm import tqdm
-
     from distill.data import PreparedCorpus
     from distill.inference import Synthesizer, resolve_device
     from distill.losses import gaussian_kl
@@ -287,7 +286,7 @@ def evaluate(
     clips, per_clip, outputs = [], [], []
     undefined: dict[str, int] = {}
     synth_seconds = audio_seconds = 0.0
-    for i, entry in enumerate(tqdm(entries, desc="evaluate", disable=not progress)):
+    for i, entry in enumerate(show_progress(entries, desc="evaluate", disable=not progress)):
         audio, mel = corpus.load(entry)  # (T,), (n_mels, F)
         mel_d = mel.to(device)
         T = audio.numel()

@@ -37,7 +37,9 @@ def add_training_arguments(parser: argparse.ArgumentParser, name: str, overrides
         metavar="STEP",
         help="stop (after saving) at this step, keeping the full run's schedule; re-run to go on",
     )
-    parser.add_argument("--no-progress", action="store_true", help="no tqdm progress bar")
+    parser.add_argument(
+        "--no-progress", action="store_true", help="no progress bar or progress lines"
+    )
 
 
 def run_training(

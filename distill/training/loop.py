@@ -50,7 +50,8 @@ Then ``train(stage, out_dir, ctx)`` runs it:
 - Logs (rank 0): TensorBoard under ``OUT/tb`` (every key of the step dict averaged over
   ``log_every`` steps as-is, ``loss/total``, ``grad/norm``, ``opt/lr``, ``train/bad_steps``,
   ``perf/samples_per_s`` (audio samples, all ranks), ``perf/peak_mem_mb``, the validation dict),
-  a tqdm bar with the running loss and samples/s.
+  progress with the running loss and samples/s (:func:`distill.progress.progress`: tqdm on a
+  terminal, a plain line every few seconds in a log).
 - Multi-process via torchrun: DDP over ``train_module()``, each rank its shard of every epoch,
   rank 0 alone validates, logs and saves while the others wait.
 """
@@ -76,6 +77,7 @@ from distill.checkpoint import load_checkpoint, save_checkpoint
 from distill.config import Config, TrainingConfig, config_to_dict
 from distill.errors import CheckpointError, ConfigError, DistillError
 from distill.fileio import remove_stale_temps
+from distill.progress import progress as show_progress
 from distill.training import distributed
 from distill.training.distributed import DistContext, ShardedBatches
 
@@ -483,15 +485,8 @@ def train(
         writer = SummaryWriter(str(out / "tb"), purge_step=step if step > 0 else None)
         if resume is not None:
             print(f"resuming from {out / 'latest.pt'} at step {step}", file=sys.stderr)
-        from tqdm import tqdm
-
-        bar = tqdm(
-            total=tc.steps,
-            initial=step,
-            desc=stage.kind,
-            unit="step",
-            disable=not progress,
-            dynamic_ncols=True,
+        bar = show_progress(
+            total=tc.steps, initial=step, desc=stage.kind, unit="step", disable=not progress
         )
     use_amp = tc.amp and device.type == "cuda"
     if device.type == "cuda":
