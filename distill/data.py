@@ -401,6 +401,16 @@ class PreparedCorpus:
                 ) from err
         return self._items[split]
 
+    def nonempty_items(self, split: str) -> list[Entry]:
+        """:meth:`items`, or a DataError with the fix when the split has none."""
+        entries = self.items(split)
+        if not entries:
+            raise DataError(
+                f"the {split} split of {self.root} is empty; re-run distill prepare with more "
+                "audio (or another --val-fraction)"
+            )
+        return entries
+
     def _array(self, rel: str, entry: Entry) -> np.ndarray:
         try:
             return np.load(self.root / rel, mmap_mode="r")
@@ -499,12 +509,7 @@ class SegmentDataset(Dataset):
         repeat: int = 1,
     ):
         self.corpus = corpus if isinstance(corpus, PreparedCorpus) else PreparedCorpus(corpus)
-        self.entries = self.corpus.items(split)
-        if not self.entries:
-            raise DataError(
-                f"split {split!r} of {self.corpus.root} is empty; re-run distill prepare with a "
-                "larger corpus or another --val-fraction"
-            )
+        self.entries = self.corpus.nonempty_items(split)
         if segment_frames <= 0 or repeat <= 0:
             raise ConfigError(
                 f"segment_frames and repeat must be positive, found {segment_frames}, {repeat}"

@@ -23,14 +23,8 @@ from distill.config import config_from_dict, config_to_dict
 from distill.data import SegmentDataset
 from distill.errors import CheckpointError
 from distill.models import Teacher
-from distill.training.loop import (
-    TrainingDiverged,
-    lr_at,
-    rng_state,
-    seed_everything,
-    set_rng_state,
-    train,
-)
+from distill.training.checkpoints import rng_state, set_rng_state
+from distill.training.loop import TrainingDiverged, lr_at, seed_everything, train
 from distill.training.teacher import TeacherLikelihood, TeacherStage
 
 REPO = Path(__file__).resolve().parent.parent
@@ -175,6 +169,25 @@ def test_data_init_starts_the_flow_at_the_data_scale(tiny_prepared_dir, tiny_aud
     assert 1e-3 < std < 0.5
     after = nll_per_sample(stage.model, batch)  # about N(0, std^2)
     assert after < before + math.log(std) + 0.5
+
+
+def test_data_init_runs_on_fresh_runs_only(
+    tmp_path, tiny_prepared_dir, tiny_audio_config, monkeypatch
+):
+    """A resumed run loads its weights from latest.pt: initialising from data first would be
+    work thrown away."""
+    calls = []
+    real = TeacherStage.data_init
+    monkeypatch.setattr(TeacherStage, "data_init", lambda self: calls.append(1) or real(self))
+    cfg = tiny_config(tiny_audio_config, steps=2, val_every=2, save_every=2)
+    run_teacher(cfg, tiny_prepared_dir, tmp_path / "run")
+    assert len(calls) == 1
+    run_teacher(
+        tiny_config(tiny_audio_config, steps=3, val_every=2, save_every=2),
+        tiny_prepared_dir,
+        tmp_path / "run",
+    )
+    assert len(calls) == 1
 
 
 def test_data_init_fits_the_linear_predictor(tiny_prepared_dir, tiny_audio_config):

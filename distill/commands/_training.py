@@ -7,7 +7,8 @@ from collections.abc import Callable
 
 from distill.config import Config, load_config
 from distill.training import distributed
-from distill.training.loop import Stage, seed_everything, train
+from distill.training.loop import seed_everything, train
+from distill.training.stage import Stage
 
 
 def add_training_arguments(parser: argparse.ArgumentParser, name: str, overrides: str) -> None:

@@ -26,15 +26,14 @@ import torch
 from torch import nn
 
 from distill.audio import QUANT_STEP
-from distill.config import Config, check_same_features
+from distill.config import Config
 from distill.data import PreparedCorpus, SegmentDataset
-from distill.errors import DataError
 from distill.flows import gaussian_log_prob
 from distill.flows.linear_prediction import LinearPredictive
 from distill.metrics import flac_bits_per_sample, nll_bits_per_sample, prediction_gain_db
 from distill.models import Teacher
-from distill.training.loop import Stage, TrainResult
-from distill.training.media import log_generated_vs_real
+from distill.training.media import log_generated_vs_real, media_excerpt
+from distill.training.stage import Stage, TrainResult, training_corpus
 
 __all__ = ["TeacherStage", "TeacherLikelihood"]
 
@@ -66,19 +65,7 @@ class TeacherStage(Stage):
 
     def __init__(self, config: Config, data: str | Path | PreparedCorpus):
         super().__init__(config, config.teacher_training)
-        self.corpus = data if isinstance(data, PreparedCorpus) else PreparedCorpus(data)
-        check_same_features(
-            config.audio,
-            self.corpus.audio_config,
-            "the config (--config and overrides)",
-            f"prepared folder {self.corpus.root}",
-        )
-        for split in ("train", "val"):
-            if not self.corpus.items(split):
-                raise DataError(
-                    f"the {split} split of {self.corpus.root} is empty; re-run distill prepare "
-                    "with more audio (or another --val-fraction)"
-                )
+        self.corpus = training_corpus(data, config.audio, "the config (--config and overrides)")
         self.model = Teacher(config)
         self._likelihood = TeacherLikelihood(self.model)
         self._val_clips: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] | None = None
@@ -86,8 +73,8 @@ class TeacherStage(Stage):
 
     # --- training -----------------------------------------------------------------------------
 
-    def setup(self, device: torch.device) -> None:
-        super().setup(device)
+    def fresh_start(self) -> None:
+        """The data-dependent initialisation (a resumed run loads its weights instead)."""
         self.data_init()
 
     @torch.no_grad()
@@ -193,10 +180,7 @@ class TeacherStage(Stage):
     def log_media(self, writer, ema_model: nn.Module, step: int) -> None:
         cfg, tc = self.config.audio, self.training
         audio, _, mel = self.validation_clips()[0]
-        frames = max(1, round(tc.audio_sample_seconds * cfg.sample_rate / cfg.hop_length))
-        frames = min(frames, mel.shape[-1])
-        mel = mel[:, :frames]
-        real = audio[: frames * cfg.hop_length]
+        real, mel = media_excerpt(audio, mel, tc.audio_sample_seconds, cfg)
         gen = torch.Generator().manual_seed(tc.seed + 1)
         noise = torch.randn(1, real.numel(), generator=gen).to(self.device)
         fake = ema_model.sample(mel[None].to(self.device), noise=noise)[0]
