@@ -24,7 +24,7 @@ import torch
 
 from distill.config import check_same_features, load_config
 from distill.errors import ConfigError
-from distill.inference import Synthesizer, block_noise, resolve_device, resolve_dtype
+from distill.inference import Synthesizer, block_noise, resolve_device, resolve_dtype, synchronize
 from distill.models import Student, Teacher
 
 __all__ = ["BenchResult", "benchmark", "build_models", "format_result"]
@@ -91,18 +91,13 @@ def _bench_mel(batch: int, frames: int, n_mels: int) -> torch.Tensor:
     return torch.randn(batch, n_mels, frames, generator=gen) * 1.5 - 5.0
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def _best(fn, repeats: int, device: torch.device) -> float:
     times = []
     for _ in range(repeats):
-        _sync(device)
+        synchronize(device)
         start = time.perf_counter()
         fn()
-        _sync(device)
+        synchronize(device)
         times.append(time.perf_counter() - start)
     return min(times)
 
@@ -116,7 +111,7 @@ class _StepClock:
         self.stamps: list[float] = []
 
     def __call__(self, u, c, t):
-        _sync(self.device)
+        synchronize(self.device)
         self.stamps.append(time.perf_counter())
         return self.inner(u, c, t)
 
@@ -173,12 +168,12 @@ def benchmark(
         for clock in clocks:
             clock.__enter__()
         try:
-            _sync(device)
+            synchronize(device)
             start = time.perf_counter()
             teacher.sample(
                 mel_d[:, :, :naive_frames], noise=noise[:, : naive_frames * hop], naive=True
             )
-            _sync(device)
+            synchronize(device)
             end = time.perf_counter()
         finally:
             for clock in clocks:

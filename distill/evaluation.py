@@ -43,6 +43,7 @@ from distill.baselines import GRIFFIN_LIM_ITERS, griffin_lim
 from distill.config import check_same_features
 from distill.errors import AudioError, DataError
 from distill.flows import gaussian_log_prob
+from distill.inference import synchronize
 from distill.progress import progress as show_progress
 from distill.report import QUALITY_METRICS, write_outputs
 
@@ -78,18 +79,7 @@ def _device_name(device: torch.device) -> str:
     return f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 # --- teacher densities, exact in chunks ---------------------------------------------------------
-
-
-def _mel_reach(model) -> int:
-    """Mel frames on each side that one output frame of the upsampler + interpolation sees."""
-    section = model.config.teacher if model.kind == "teacher" else model.config.student
-    return 2 * (section.upsampler_kernel // 2) + 2
 
 
 @torch.no_grad()
@@ -108,7 +98,7 @@ def teacher_conditionals(
     if chunk_frames is None or frames <= chunk_frames:
         mu, log_sigma = teacher.gaussian_conditionals(audio[None], mel[None])
         return mu[0], log_sigma[0]
-    reach = _mel_reach(teacher)
+    reach = teacher.upsampler.reach + 1  # the interpolation also reads the neighbouring frame
     left = math.ceil(teacher.receptive_field / hop) + reach
     mus, log_sigmas = [], []
     for a in range(0, frames, chunk_frames):
@@ -318,10 +308,10 @@ def evaluate(
         # mel in from the CPU and audio back to it, as `distill synthesize` runs it
         if i == 0:
             synth.synthesize(mel, temperature=options.temperature, seed=seed)  # warm-up
-        _sync(device)
+        synchronize(device)
         start = time.perf_counter()
         x_student = synth.synthesize(mel, temperature=options.temperature, seed=seed)
-        _sync(device)
+        synchronize(device)
         synth_seconds += time.perf_counter() - start
         audio_seconds += T / sr
         ref = audio.numpy()
@@ -413,7 +403,7 @@ def _short_clip(teacher, clips, outputs, cfg, options, device):
     x_teacher = teacher.sample(
         mel[None, :, :frames].to(device), temperature=options.temperature, noise=noise
     )
-    _sync(device)
+    synchronize(device)
     elapsed = time.perf_counter() - start
     ref = audio[:n].numpy()
     systems = {"teacher": x_teacher[0].float().cpu().clamp(-1, 1).numpy()}

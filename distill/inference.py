@@ -30,7 +30,14 @@ from distill.config import AudioConfig
 from distill.errors import AudioError, ConfigError, InputError
 from distill.models import Student
 
-__all__ = ["Synthesizer", "NOISE_BLOCK", "block_noise", "resolve_device", "resolve_dtype"]
+__all__ = [
+    "Synthesizer",
+    "NOISE_BLOCK",
+    "block_noise",
+    "resolve_device",
+    "resolve_dtype",
+    "synchronize",
+]
 
 NOISE_BLOCK = 16384
 """Samples per independently seeded noise block."""
@@ -78,6 +85,12 @@ def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype:
     if key not in DTYPES:
         raise ConfigError(f"unsupported dtype {dtype!r}; use float32, bfloat16 or float16")
     return DTYPES[key]
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work (CUDA runs asynchronously), so that timings are real."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def _block_seed(seed: int, item: int, block: int) -> int:
@@ -299,7 +312,7 @@ class Synthesizer:
         student = self.student
         layers = list(student.flow.layers)
         up = student.upsampler
-        mel_context = up.conv1.padding[0] + up.conv2.padding[0]
+        mel_context = up.reach
         history = [math.ceil(layer.conditioner.receptive_field / hop) + 1 for layer in layers]
         inputs: list[torch.Tensor | None] = [None] * len(layers)  # past inputs of each flow
         noise = _NoiseStream(seed, batch, self.device)

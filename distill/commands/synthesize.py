@@ -72,7 +72,7 @@ def load_mel(path: str | Path, n_mels: int) -> np.ndarray:
     return mel.astype(np.float32)
 
 
-def check_out_dir(out_dir: Path) -> None:
+def make_writable_dir(out_dir: Path) -> None:
     """Create the folder and prove it is writable before any work is done."""
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -86,15 +86,10 @@ def check_out_dir(out_dir: Path) -> None:
         ) from err
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def run(args: argparse.Namespace) -> int:
     from distill.audio import load_audio, log_mel, save_wav
     from distill.config import check_same_features
-    from distill.inference import Synthesizer
+    from distill.inference import Synthesizer, synchronize
 
     out_dir = Path(args.out_dir)
     if out_dir.exists() and not out_dir.is_dir():
@@ -113,9 +108,7 @@ def run(args: argparse.Namespace) -> int:
             f"checkpoint {args.checkpoint}",
             f"prepared folder {args.data}",
         )
-        entries = corpus.items(args.split)
-        if not entries:
-            raise ConfigError(f"split {args.split!r} of {args.data} is empty; choose another")
+        entries = corpus.nonempty_items(args.split)
         inputs = [Path(args.data) / f"{entry.id}.npy" for entry in entries]
         cached = {path: corpus.load(entry)[1] for path, entry in zip(inputs, entries)}
     else:
@@ -141,7 +134,7 @@ def run(args: argparse.Namespace) -> int:
         else:
             mel = torch.from_numpy(load_mel(path, cfg.n_mels))
         jobs.append((path, out_dir / f"{path.stem}.wav", mel))
-    check_out_dir(out_dir)
+    make_writable_dir(out_dir)
 
     total_audio = total_time = 0.0
     written: list[Path] = []
@@ -149,10 +142,10 @@ def run(args: argparse.Namespace) -> int:
         for i, (path, target, mel) in enumerate(jobs):
             if i == 0:  # warm-up (allocator, kernels) so the first time is not all start-up
                 syn.synthesize(mel[:, : min(mel.shape[1], 8)], args.temperature, seed=args.seed)
-            _sync(syn.device)
+            synchronize(syn.device)
             start = time.perf_counter()
             audio = syn.synthesize(mel, temperature=args.temperature, seed=args.seed + i)
-            _sync(syn.device)
+            synchronize(syn.device)
             took = time.perf_counter() - start
             seconds = audio.numel() / syn.sample_rate
             save_wav(target, audio.clamp(-1.0, 1.0), syn.sample_rate)
