@@ -35,7 +35,7 @@ __all__ = [
     "log_mel",
     "silence_log_mel",
     "load_audio",
-    "preprocess",
+    "trim_and_normalize",
     "normalize",
     "resample",
     "save_wav",
@@ -193,8 +193,9 @@ def load_audio(path: str | Path, cfg: AudioConfig, preprocess: bool = False) -> 
     """Read a file libsndfile understands (wav/flac/ogg/...), mono-mix it, resample to the config.
 
     Returns (T,) float32 at ``cfg.sample_rate``. With ``preprocess=True`` the clip is also
-    trimmed and normalised by :func:`preprocess`. Every failure is an :class:`AudioError` naming
-    the file and what to do, so one bad file in a folder can be reported and skipped.
+    trimmed and normalised by :func:`trim_and_normalize`. Every failure is an
+    :class:`AudioError` naming the file and what to do, so one bad file in a folder can be
+    reported and skipped.
     """
     path = Path(path)
     if not path.exists():
@@ -218,7 +219,7 @@ def load_audio(path: str | Path, cfg: AudioConfig, preprocess: bool = False) -> 
     audio = torch.from_numpy(np.ascontiguousarray(data.mean(axis=1)))  # (T,)
     audio = resample(audio, sr, cfg.sample_rate)
     if preprocess:
-        audio = _preprocess(audio, cfg.sample_rate, cfg, name=str(path))
+        audio = trim_and_normalize(audio, cfg.sample_rate, cfg, name=str(path))
     return audio.float()
 
 
@@ -240,18 +241,15 @@ def normalize(audio: torch.Tensor, cfg: AudioConfig) -> torch.Tensor:
     return audio * gain
 
 
-def preprocess(audio: torch.Tensor, sr: int, cfg: AudioConfig, name: str = "audio") -> torch.Tensor:
+def trim_and_normalize(
+    audio: torch.Tensor, sr: int, cfg: AudioConfig, name: str = "audio"
+) -> torch.Tensor:
     """Trim leading/trailing silence and normalise the level of a (T,) clip at rate ``sr``.
 
     Trimming (librosa.effects.trim, ``top_db=cfg.trim_top_db``, 0 disables) uses
     ``n_fft``/``hop_length`` frames so it works at the feature resolution. Raises
     :class:`AudioError` (naming ``name``) when nothing is left, e.g. a silent file.
     """
-    return _preprocess(audio, sr, cfg, name)
-
-
-def _preprocess(audio: torch.Tensor, sr: int, cfg: AudioConfig, name: str) -> torch.Tensor:
-    # a separate name because load_audio's ``preprocess`` flag shadows the public function
     if cfg.trim_top_db > 0 and audio.numel() > 0:
         import librosa  # imported lazily: librosa's import is slow and only prepare needs it
 

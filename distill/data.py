@@ -52,7 +52,6 @@ __all__ = [
     "SkippedFileWarning",
     "prepare_corpus",
     "PreparedCorpus",
-    "load_prepared",
     "SegmentDataset",
 ]
 
@@ -465,11 +464,6 @@ class PreparedCorpus:
     def load(self, entry: Entry) -> tuple[torch.Tensor, torch.Tensor]:
         """A whole utterance: audio (T,) float32, mel (n_mels, F), ``T = F * hop_length``."""
         return self.load_segment(entry, 0, entry.num_frames)
-
-
-def load_prepared(root: str | Path) -> PreparedCorpus:
-    """Open a prepared folder (see :class:`PreparedCorpus`)."""
-    return PreparedCorpus(root)
 
 
 class SegmentDataset(Dataset):

@@ -422,6 +422,3 @@ def _short_clip(teacher, clips, outputs, cfg, options, device):
     }
     wavs = {f"short_{clip_id}_real.wav": ref, f"short_{clip_id}_teacher.wav": systems["teacher"]}
     return summary, wavs
-
-
-# --- tables, figures, files ---------------------------------------------------------------------
