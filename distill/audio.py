@@ -22,20 +22,20 @@ import torch.nn.functional as F
 import torchaudio
 
 from distill.config import AudioConfig
-from distill.errors import AudioError, ConfigError
+from distill.errors import AudioError
 from distill.fileio import atomic_output
+from distill.precision import at_least_float32
 
 __all__ = [
     "QUANT_STEP",
     "AUDIO_EXTENSIONS",
     "MEL_POWER",
-    "check_audio_config",
     "frame_padding",
     "network_input",
     "log_mel",
     "silence_log_mel",
     "load_audio",
-    "preprocess",
+    "trim_and_normalize",
     "normalize",
     "resample",
     "save_wav",
@@ -58,38 +58,6 @@ inputs well scaled, and ``log_floor=1e-5`` then sits at -100 dB below full scale
 LOUDNESS_RMS_DB = -23.0
 """Target RMS level (dBFS) of ``normalize="loudness"``; the peak is then limited to ``cfg.peak``."""
 
-_NORMALIZE_MODES = ("peak", "loudness", "none")
-
-
-def check_audio_config(cfg: AudioConfig) -> None:
-    """Raise :class:`ConfigError` for a feature config that cannot produce sensible features."""
-    if cfg.sample_rate <= 0:
-        raise ConfigError(f"audio.sample_rate must be positive, found {cfg.sample_rate}")
-    if not 0 < cfg.hop_length <= cfg.win_length <= cfg.n_fft:
-        raise ConfigError(
-            "audio config needs 0 < hop_length <= win_length <= n_fft, found "
-            f"hop_length={cfg.hop_length}, win_length={cfg.win_length}, n_fft={cfg.n_fft}"
-        )
-    if cfg.n_mels <= 0:
-        raise ConfigError(f"audio.n_mels must be positive, found {cfg.n_mels}")
-    if not 0 <= cfg.fmin < cfg.fmax <= cfg.sample_rate / 2:
-        raise ConfigError(
-            f"audio config needs 0 <= fmin < fmax <= sample_rate / 2 = {cfg.sample_rate / 2:g}, "
-            f"found fmin={cfg.fmin:g}, fmax={cfg.fmax:g}; lower audio.fmax or raise "
-            "audio.sample_rate"
-        )
-    if cfg.log_floor <= 0:
-        raise ConfigError(f"audio.log_floor must be positive, found {cfg.log_floor}")
-    if cfg.normalize not in _NORMALIZE_MODES:
-        raise ConfigError(
-            f"audio.normalize must be one of {', '.join(_NORMALIZE_MODES)}, found {cfg.normalize!r}"
-        )
-    if not 0 < cfg.peak < 1:
-        raise ConfigError(f"audio.peak must be in (0, 1), found {cfg.peak}")
-    if cfg.trim_top_db < 0:
-        raise ConfigError(f"audio.trim_top_db must be >= 0 (0 disables), found {cfg.trim_top_db}")
-
-
 # --- features ---------------------------------------------------------------------------------
 
 _MEL_CACHE: dict[tuple, torchaudio.transforms.MelSpectrogram] = {}
@@ -101,7 +69,6 @@ def _mel_module(cfg: AudioConfig, device: torch.device, dtype: torch.dtype):
     key = (cfg, str(device), dtype)
     module = _MEL_CACHE.get(key)
     if module is None:
-        check_audio_config(cfg)
         module = torchaudio.transforms.MelSpectrogram(
             sample_rate=cfg.sample_rate,
             n_fft=cfg.n_fft,
@@ -148,8 +115,7 @@ def log_mel(audio: torch.Tensor, cfg: AudioConfig) -> torch.Tensor:
             f"{cfg.hop_length}, found {length} samples (crop or pad to "
             f"{max(1, length // cfg.hop_length) * cfg.hop_length})"
         )
-    if audio.dtype not in (torch.float32, torch.float64):
-        audio = audio.float()
+    audio = at_least_float32(audio)
     lead = audio.shape[:-1]
     x = audio.reshape(-1, 1, length)  # (N, 1, T): F.pad's reflect mode wants a channel axis
     left, right = frame_padding(cfg)
@@ -227,8 +193,9 @@ def load_audio(path: str | Path, cfg: AudioConfig, preprocess: bool = False) -> 
     """Read a file libsndfile understands (wav/flac/ogg/...), mono-mix it, resample to the config.
 
     Returns (T,) float32 at ``cfg.sample_rate``. With ``preprocess=True`` the clip is also
-    trimmed and normalised by :func:`preprocess`. Every failure is an :class:`AudioError` naming
-    the file and what to do, so one bad file in a folder can be reported and skipped.
+    trimmed and normalised by :func:`trim_and_normalize`. Every failure is an
+    :class:`AudioError` naming the file and what to do, so one bad file in a folder can be
+    reported and skipped.
     """
     path = Path(path)
     if not path.exists():
@@ -252,7 +219,7 @@ def load_audio(path: str | Path, cfg: AudioConfig, preprocess: bool = False) -> 
     audio = torch.from_numpy(np.ascontiguousarray(data.mean(axis=1)))  # (T,)
     audio = resample(audio, sr, cfg.sample_rate)
     if preprocess:
-        audio = _preprocess(audio, cfg.sample_rate, cfg, name=str(path))
+        audio = trim_and_normalize(audio, cfg.sample_rate, cfg, name=str(path))
     return audio.float()
 
 
@@ -263,8 +230,6 @@ def normalize(audio: torch.Tensor, cfg: AudioConfig) -> torch.Tensor:
     :data:`LOUDNESS_RMS_DB` dBFS, then limit the peak to ``cfg.peak`` so nothing clips.
     "none": unchanged. Silence (all zeros) is returned unchanged.
     """
-    if cfg.normalize not in _NORMALIZE_MODES:
-        check_audio_config(cfg)
     peak = audio.abs().max()
     if cfg.normalize == "none" or peak <= 0:
         return audio
@@ -276,18 +241,15 @@ def normalize(audio: torch.Tensor, cfg: AudioConfig) -> torch.Tensor:
     return audio * gain
 
 
-def preprocess(audio: torch.Tensor, sr: int, cfg: AudioConfig, name: str = "audio") -> torch.Tensor:
+def trim_and_normalize(
+    audio: torch.Tensor, sr: int, cfg: AudioConfig, name: str = "audio"
+) -> torch.Tensor:
     """Trim leading/trailing silence and normalise the level of a (T,) clip at rate ``sr``.
 
     Trimming (librosa.effects.trim, ``top_db=cfg.trim_top_db``, 0 disables) uses
     ``n_fft``/``hop_length`` frames so it works at the feature resolution. Raises
     :class:`AudioError` (naming ``name``) when nothing is left, e.g. a silent file.
     """
-    return _preprocess(audio, sr, cfg, name)
-
-
-def _preprocess(audio: torch.Tensor, sr: int, cfg: AudioConfig, name: str) -> torch.Tensor:
-    # a separate name because load_audio's ``preprocess`` flag shadows the public function
     if cfg.trim_top_db > 0 and audio.numel() > 0:
         import librosa  # imported lazily: librosa's import is slow and only prepare needs it
 

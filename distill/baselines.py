@@ -23,9 +23,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from distill.audio import MEL_POWER, check_audio_config
+from distill.audio import MEL_POWER
 from distill.config import AudioConfig
-from distill.errors import ConfigError
+from distill.errors import InputError
 
 __all__ = ["GRIFFIN_LIM_ITERS", "griffin_lim"]
 
@@ -42,17 +42,16 @@ def griffin_lim(log_mel_features, cfg: AudioConfig, n_iter: int = 32, seed: int 
     """
     import librosa
 
-    check_audio_config(cfg)
     if torch.is_tensor(log_mel_features):
         log_mel_features = log_mel_features.detach().cpu().numpy()
     mel = np.asarray(log_mel_features, dtype=np.float64)
     if mel.ndim != 2 or mel.shape[0] != cfg.n_mels or mel.shape[1] == 0:
-        raise ConfigError(
+        raise InputError(
             f"Griffin-Lim needs a log-mel of shape (n_mels={cfg.n_mels}, frames>0), found "
             f"{mel.shape}; compute it with distill.audio.log_mel and the same feature config"
         )
     if not np.isfinite(mel).all():
-        raise ConfigError("Griffin-Lim input log-mel holds NaN or Inf; recompute it from audio")
+        raise InputError("Griffin-Lim input log-mel holds NaN or Inf; recompute it from audio")
     if n_iter < 1:
         raise ValueError(f"n_iter must be >= 1, found {n_iter}")
     frames = mel.shape[1]

@@ -22,10 +22,9 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from distill.checkpoint import check_audio_config, load_checkpoint, model_from_checkpoint
-from distill.config import Config, load_config
+from distill.config import check_same_features, load_config
 from distill.errors import ConfigError
-from distill.inference import Synthesizer, block_noise, resolve_device, resolve_dtype
+from distill.inference import Synthesizer, block_noise, resolve_device, resolve_dtype, synchronize
 from distill.models import Student, Teacher
 
 __all__ = ["BenchResult", "benchmark", "build_models", "format_result"]
@@ -60,23 +59,20 @@ def build_models(
 ) -> tuple[Teacher, Student, str]:
     """Teacher and student from checkpoints where given, else randomly initialised from a config
     (``--config``, or the config inside whichever checkpoint was given)."""
-    config: Config | None = None
-    if config_path is not None:
-        config = load_config(config_path)
-    elif teacher_path or student_path:
-        config = load_checkpoint(teacher_path or student_path)["config"]
-    else:
+    if config_path is None and not (teacher_path or student_path):
         raise ConfigError(
             "give --config (e.g. recipes/configs/demo.yaml) or --teacher/--student checkpoints"
         )
+    teacher = Teacher.from_checkpoint(teacher_path) if teacher_path else None
+    student = Student.from_checkpoint(student_path) if student_path else None
+    if config_path is not None:
+        config = load_config(config_path)
+    else:
+        config = (teacher or student).config
     torch.manual_seed(0)
-    teacher = (
-        model_from_checkpoint(teacher_path, "teacher") if teacher_path else Teacher(config).eval()
-    )
-    student = (
-        model_from_checkpoint(student_path, "student") if student_path else Student(config).eval()
-    )
-    check_audio_config(
+    teacher = teacher or Teacher(config).eval()
+    student = student or Student(config).eval()
+    check_same_features(
         teacher.audio_config,
         student.audio_config,
         teacher_path or "the config",
@@ -95,18 +91,13 @@ def _bench_mel(batch: int, frames: int, n_mels: int) -> torch.Tensor:
     return torch.randn(batch, n_mels, frames, generator=gen) * 1.5 - 5.0
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def _best(fn, repeats: int, device: torch.device) -> float:
     times = []
     for _ in range(repeats):
-        _sync(device)
+        synchronize(device)
         start = time.perf_counter()
         fn()
-        _sync(device)
+        synchronize(device)
         times.append(time.perf_counter() - start)
     return min(times)
 
@@ -120,7 +111,7 @@ class _StepClock:
         self.stamps: list[float] = []
 
     def __call__(self, u, c, t):
-        _sync(self.device)
+        synchronize(self.device)
         self.stamps.append(time.perf_counter())
         return self.inner(u, c, t)
 
@@ -177,12 +168,12 @@ def benchmark(
         for clock in clocks:
             clock.__enter__()
         try:
-            _sync(device)
+            synchronize(device)
             start = time.perf_counter()
             teacher.sample(
                 mel_d[:, :, :naive_frames], noise=noise[:, : naive_frames * hop], naive=True
             )
-            _sync(device)
+            synchronize(device)
             end = time.perf_counter()
         finally:
             for clock in clocks:

@@ -5,6 +5,9 @@ so opening one can never run code): format version, kind (``teacher`` / ``studen
 config including the feature config, the model weights, and for resuming the EMA weights,
 optimizer state, step and RNG state. It is written to a temporary file in the same folder,
 flushed to disk, then renamed over the target, so a crash mid-save leaves the old file intact.
+
+This module reads and writes the dicts and knows no model: the models build themselves from
+one (:meth:`distill.models.AudioFlow.from_checkpoint`, the one loader).
 """
 
 from __future__ import annotations
@@ -16,17 +19,11 @@ from typing import Any
 import torch
 
 from distill import __version__
-from distill.config import AudioConfig, Config, config_from_dict, config_to_dict
+from distill.config import Config, config_from_dict, config_to_dict
 from distill.errors import CheckpointError, DistillError
 from distill.fileio import atomic_output
 
-__all__ = [
-    "FORMAT_VERSION",
-    "save_checkpoint",
-    "load_checkpoint",
-    "model_from_checkpoint",
-    "check_audio_config",
-]
+__all__ = ["FORMAT_VERSION", "KINDS", "save_checkpoint", "load_checkpoint"]
 
 FORMAT_VERSION = 1
 KINDS = ("teacher", "student")
@@ -78,38 +75,3 @@ def load_checkpoint(path: str | Path, kind: str | None = None, map_location="cpu
     except DistillError as err:
         raise CheckpointError(f"{path} holds a config this distill cannot read: {err}") from err
     return data
-
-
-def model_from_checkpoint(path: str | Path, kind: str, device=None, use_ema: bool = True):
-    """Build a Teacher or Student from its checkpoint alone, in eval mode."""
-    from distill.models import Student, Teacher
-
-    data = load_checkpoint(path, kind)
-    model = (Teacher if kind == "teacher" else Student)(data["config"])
-    state = data.get("ema") if use_ema and data.get("ema") else data["model"]
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as err:
-        raise CheckpointError(f"{path}: weights do not match its own config: {err}") from err
-    if device is not None:
-        model.to(device)
-    return model.eval()
-
-
-def check_audio_config(
-    expected: AudioConfig, found: AudioConfig, expected_from: str, found_in: str
-) -> None:
-    """Raise a CheckpointError naming every differing feature setting and both sources."""
-    if expected == found:
-        return
-    diffs = [
-        f"{name}={getattr(expected, name)!r} ({expected_from}) vs {getattr(found, name)!r} "
-        f"({found_in})"
-        for name in expected.__dataclass_fields__
-        if getattr(expected, name) != getattr(found, name)
-    ]
-    raise CheckpointError(
-        "feature configs differ: "
-        + "; ".join(diffs)
-        + ". Use data prepared with the same audio settings, or re-run `distill prepare`."
-    )

@@ -3,11 +3,17 @@
 Every section is a frozen dataclass so a config can be hashed, compared and stored in a
 checkpoint as plain types (``to_dict``) and rebuilt exactly (``from_dict``). Unknown keys are an
 error, never silently ignored: a typo in a YAML file must not train a different model.
+
+Values are checked when a section is built (from YAML, a checkpoint, or in Python): every float
+must be finite, every number within the range its field declares (``_number(..., min=1)``), every
+string one of its choices, and a few settings must agree with each other (``hop_length <=
+win_length <= n_fft``). The error names the key: ``teacher_training.lr must be > 0, found nan``.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -21,60 +27,189 @@ from distill.errors import ConfigError
 __all__ = [
     "AudioConfig",
     "WaveNetConfig",
+    "FlowModelConfig",
     "TeacherConfig",
     "StudentConfig",
     "TrainingConfig",
     "DistillLossConfig",
     "Config",
+    "ESTIMATORS",
     "load_config",
     "config_from_dict",
     "config_to_dict",
     "apply_overrides",
+    "check_same_features",
 ]
+
+ESTIMATORS = ("closed_form", "monte_carlo")
+"""The KL estimators of ``distill.estimator`` (see :mod:`distill.losses`)."""
+
+NORMALIZE_MODES = ("peak", "loudness", "none")
+
+
+# --- what a field may hold --------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Bounds:
+    """``min <= v <= max`` and ``above < v < below``; None: no bound on that side."""
+
+    min: float | None = None
+    max: float | None = None
+    above: float | None = None
+    below: float | None = None
+
+    def holds(self, v: float) -> bool:
+        return not (
+            (self.min is not None and v < self.min)
+            or (self.max is not None and v > self.max)
+            or (self.above is not None and v <= self.above)
+            or (self.below is not None and v >= self.below)
+        )
+
+    def __str__(self) -> str:
+        low = f"[{self.min:g}" if self.min is not None else None
+        low = f"({self.above:g}" if self.above is not None else low
+        high = f"{self.max:g}]" if self.max is not None else None
+        high = f"{self.below:g})" if self.below is not None else high
+        if low and high:
+            return f"in {low}, {high}"
+        if low:
+            return (">= " if low[0] == "[" else "> ") + low[1:]
+        return ("<= " if high[-1] == "]" else "< ") + high[:-1]
+
+
+def _number(default, *, min=None, max=None, above=None, below=None):
+    """A numeric field (or a tuple of them) with its range, checked element by element."""
+    return field(default=default, metadata={"bounds": _Bounds(min, max, above, below)})
+
+
+def _choice(default: str, choices: tuple[str, ...]):
+    return field(default=default, metadata={"choices": choices})
+
+
+class _Invalid(ConfigError):
+    """A value a section cannot hold; ``key`` is relative to the section."""
+
+    def __init__(self, section: str, key: str, problem: str):
+        super().__init__(f"{section}.{key} {problem}")
+        self.key, self.problem = key, problem
+
+
+def _numbers(value):
+    """The ints and floats in a field's value, through nested tuples (not sub-sections)."""
+    if isinstance(value, tuple):
+        for v in value:
+            yield from _numbers(v)
+    elif isinstance(value, int | float) and not isinstance(value, bool):
+        yield value
+
+
+def _check_fields(section) -> None:
+    """Finite floats, declared ranges and choices of every field of a config section."""
+    name = type(section).__name__
+    for f in dataclasses.fields(section):
+        value = getattr(section, f.name)
+        bounds, choices = f.metadata.get("bounds"), f.metadata.get("choices")
+        for v in _numbers(value):
+            if isinstance(v, float) and not math.isfinite(v):
+                raise _Invalid(name, f.name, f"must be a finite number, found {v}")
+            if bounds is not None and not bounds.holds(v):
+                raise _Invalid(name, f.name, f"must be {bounds}, found {value!r}")
+        if choices is not None and value not in choices:
+            options = ", ".join(repr(c) for c in choices)
+            raise _Invalid(name, f.name, f"must be one of {options}, found {value!r}")
+
+
+# --- the sections -----------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
 class AudioConfig:
     """Feature config: travels inside every checkpoint; a mismatch is an error."""
 
-    sample_rate: int = 22050
-    n_fft: int = 1024
-    win_length: int = 1024
-    hop_length: int = 256
-    n_mels: int = 80
-    fmin: float = 0.0
-    fmax: float = 8000.0
-    log_floor: float = 1e-5
-    trim_top_db: float = 40.0  # silence trim threshold in dB below peak; 0 disables
-    normalize: str = "peak"  # "peak", "none"
-    peak: float = 0.95
+    sample_rate: int = _number(22050, min=1)
+    n_fft: int = _number(1024, min=1)
+    win_length: int = _number(1024, min=1)
+    hop_length: int = _number(256, min=1)
+    n_mels: int = _number(80, min=1)
+    fmin: float = _number(0.0, min=0)
+    fmax: float = _number(8000.0, above=0)
+    log_floor: float = _number(1e-5, above=0)
+    trim_top_db: float = _number(40.0, min=0)  # silence trim threshold in dB below peak; 0: off
+    normalize: str = _choice("peak", NORMALIZE_MODES)
+    peak: float = _number(0.95, above=0, below=1)
+
+    def __post_init__(self):
+        _check_fields(self)
+        if not self.hop_length <= self.win_length <= self.n_fft:
+            raise _Invalid(
+                "AudioConfig",
+                "hop_length",
+                f"must be <= win_length <= n_fft, found hop_length={self.hop_length}, "
+                f"win_length={self.win_length}, n_fft={self.n_fft}",
+            )
+        if not self.fmin < self.fmax <= self.sample_rate / 2:
+            raise _Invalid(
+                "AudioConfig",
+                "fmax",
+                f"must be above fmin and at most sample_rate / 2 = {self.sample_rate / 2:g}, "
+                f"found fmin={self.fmin:g}, fmax={self.fmax:g}; lower fmax or raise sample_rate",
+            )
 
 
 @dataclass(frozen=True)
 class WaveNetConfig:
     """One causal WaveNet conditioner: gated dilated convolutions with residual and skip paths."""
 
-    residual_channels: int = 64
-    gate_channels: int = 128
-    skip_channels: int = 64
-    kernel_size: int = 2
-    dilations: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+    residual_channels: int = _number(64, min=1)
+    gate_channels: int = _number(128, min=2)
+    skip_channels: int = _number(64, min=1)
+    kernel_size: int = _number(2, min=1)
+    dilations: tuple[int, ...] = _number((1, 2, 4, 8, 16, 32, 64, 128, 256, 512), min=1)
+
+    def __post_init__(self):
+        _check_fields(self)
+        if self.gate_channels % 2:
+            raise _Invalid(
+                "WaveNetConfig",
+                "gate_channels",
+                f"must be even (half filter, half gate), found {self.gate_channels}",
+            )
+        if not self.dilations:
+            raise _Invalid("WaveNetConfig", "dilations", "must list at least one layer")
 
 
 @dataclass(frozen=True)
-class TeacherConfig:
+class FlowModelConfig:
+    """What the teacher and the student both set: mel upsampler, linear prediction, floor."""
+
+    linear_prediction_order: int = _number(0, min=0)  # mel-conditioned linear prediction; 0: off
+    upsampler_channels: int = _number(80, min=1)
+    upsampler_kernel: int = _number(5, min=1)
+    log_scale_min: float = _number(-7.0, below=0)  # each flow's log-scale floor
+
+    def __post_init__(self):
+        _check_fields(self)
+        if self.upsampler_kernel % 2 == 0:
+            raise _Invalid(
+                type(self).__name__,
+                "upsampler_kernel",
+                f"must be odd (the mel is padded by kernel // 2 on each side), found "
+                f"{self.upsampler_kernel}",
+            )
+
+
+@dataclass(frozen=True)
+class TeacherConfig(FlowModelConfig):
     """MAF teacher: ``num_flows`` WaveNet-conditioned affine layers over the waveform."""
 
-    num_flows: int = 1
+    num_flows: int = _number(1, min=1)
     wavenet: WaveNetConfig = field(default_factory=WaveNetConfig)
-    linear_prediction_order: int = 0  # order of the mel-conditioned linear prediction; 0: off
-    upsampler_channels: int = 80
-    upsampler_kernel: int = 5
-    log_scale_min: float = -7.0
 
 
 @dataclass(frozen=True)
-class StudentConfig:
+class StudentConfig(FlowModelConfig):
     """IAF student: one WaveNet per flow (Parallel WaveNet: 4 flows; ClariNet: 6)."""
 
     flows: tuple[WaveNetConfig, ...] = (
@@ -85,58 +220,71 @@ class StudentConfig:
             dilations=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512),
         ),
     ) * 4
-    linear_prediction_order: int = 0  # mel-conditioned linear path in every flow; 0: off
     harmonic_source: bool = False  # base N(pulse train at the mel's predicted F0, I); pitch.py
-    upsampler_channels: int = 80
-    upsampler_kernel: int = 5
-    log_scale_min: float = -7.0
+
+    def __post_init__(self):
+        super().__post_init__()
+        if not self.flows:
+            raise _Invalid("StudentConfig", "flows", "must list at least one WaveNet flow")
 
 
 @dataclass(frozen=True)
 class TrainingConfig:
     """Optimisation settings shared by both stages."""
 
-    steps: int = 2000
-    batch_size: int = 8
-    segment_frames: int = 32  # segment length in mel frames; samples = frames * hop_length
-    lr: float = 1e-3
-    warmup_steps: int = 100
-    lr_decay: str = "cosine"  # "cosine", "constant"
-    min_lr_ratio: float = 0.05
-    weight_decay: float = 0.0
-    grad_clip: float = 1.0
-    ema_decay: float = 0.999
-    val_every: int = 250
-    save_every: int = 250
-    log_every: int = 25
-    val_clips: int = 8
-    val_max_seconds: float = 4.0
+    steps: int = _number(2000, min=1)
+    batch_size: int = _number(8, min=1)
+    segment_frames: int = _number(32, min=1)  # segment length in mel frames (x hop_length)
+    lr: float = _number(1e-3, above=0)
+    warmup_steps: int = _number(100, min=0)
+    lr_decay: str = _choice("cosine", ("cosine", "constant"))
+    min_lr_ratio: float = _number(0.05, min=0, max=1)
+    weight_decay: float = _number(0.0, min=0)
+    grad_clip: float = _number(1.0, min=0)  # 0: off
+    ema_decay: float = _number(0.999, min=0, below=1)
+    val_every: int = _number(250, min=1)
+    save_every: int = _number(250, min=1)
+    log_every: int = _number(25, min=1)
+    val_clips: int = _number(8, min=1)
+    val_max_seconds: float = _number(4.0, above=0)
     amp: bool = True  # bf16 autocast on CUDA; ignored on CPU
     compile: bool = False
-    seed: int = 1234
-    num_workers: int = 0
-    max_bad_steps: int = 10  # non-finite steps in a row before the run stops
-    audio_sample_seconds: float = 0.25  # length of generated audio logged to TensorBoard
+    seed: int = _number(1234, min=0)
+    num_workers: int = _number(0, min=0)
+    max_bad_steps: int = _number(10, min=1)  # non-finite steps in a row before the run stops
+    audio_sample_seconds: float = _number(0.25, above=0)  # audio logged to TensorBoard
+
+    def __post_init__(self):
+        _check_fields(self)
 
 
 @dataclass(frozen=True)
 class DistillLossConfig:
     """Stage-two loss: ``sum(weights[k] * terms[k])``."""
 
-    estimator: str = "closed_form"  # "closed_form" (per-step Gaussian KL) or "monte_carlo"
-    kl_weight: float = 1.0
-    log_sigma_reg: float = 4.0  # ClariNet's lambda on (log sigma - log S)^2; 0 disables
-    stft_weight: float = 1.0
-    power_weight: float = 0.0
-    pitch_weight: float = 1.0  # supervised F0/voicing loss of student.harmonic_source
-    pitch_init_steps: int = 300  # its predictor's supervised start on whole clips (fresh runs)
-    stft_resolutions: tuple[tuple[int, int, int], ...] = (
-        (512, 128, 512),
-        (1024, 256, 1024),
-        (2048, 512, 2048),
+    estimator: str = _choice("closed_form", ESTIMATORS)  # per-step Gaussian KL or Monte Carlo
+    kl_weight: float = _number(1.0, min=0)
+    log_sigma_reg: float = _number(4.0, min=0)  # ClariNet's lambda on (log sigma - log S)^2
+    stft_weight: float = _number(1.0, min=0)
+    power_weight: float = _number(0.0, min=0)
+    pitch_weight: float = _number(1.0, min=0)  # supervised F0/voicing loss of the harmonic source
+    pitch_init_steps: int = _number(300, min=0)  # its predictor's supervised start (fresh runs)
+    stft_resolutions: tuple[tuple[int, int, int], ...] = _number(
+        ((512, 128, 512), (1024, 256, 1024), (2048, 512, 2048)), min=1
     )  # (n_fft, hop_length, win_length)
     init_upsampler_from_teacher: bool = True
-    temperature: float = 1.0
+    temperature: float = _number(1.0, above=0)
+
+    def __post_init__(self):
+        _check_fields(self)
+        for n_fft, _, win_length in self.stft_resolutions:
+            if win_length > n_fft:
+                raise _Invalid(
+                    "DistillLossConfig",
+                    "stft_resolutions",
+                    f"need win_length <= n_fft in every (n_fft, hop_length, win_length), found "
+                    f"{(n_fft, _, win_length)}",
+                )
 
 
 @dataclass(frozen=True)
@@ -147,6 +295,28 @@ class Config:
     teacher_training: TrainingConfig = field(default_factory=TrainingConfig)
     student_training: TrainingConfig = field(default_factory=TrainingConfig)
     distill: DistillLossConfig = field(default_factory=DistillLossConfig)
+
+
+def check_same_features(
+    expected: AudioConfig, found: AudioConfig, expected_from: str, found_in: str
+) -> None:
+    """The one feature-compatibility check: a ConfigError naming every differing setting with
+    both sources (a checkpoint, a prepared folder, the config) unless the two are equal."""
+    if expected == found:
+        return
+    diffs = [
+        f"{f.name}={getattr(expected, f.name)!r} ({expected_from}) vs "
+        f"{getattr(found, f.name)!r} ({found_in})"
+        for f in dataclasses.fields(expected)
+        if getattr(expected, f.name) != getattr(found, f.name)
+    ]
+    raise ConfigError(
+        "feature configs differ: "
+        + "; ".join(diffs)
+        + ". Use data prepared with the same audio settings (re-run `distill prepare` with the "
+        "model's audio config), or a config whose audio section matches the data's "
+        "audio_config.yaml."
+    )
 
 
 # --- conversion between dataclasses and plain types ------------------------------------------
@@ -209,7 +379,10 @@ def _from_mapping(cls: type, mapping: dict, where: str) -> Any:
             f"valid keys{' of ' + where if where else ''}: {', '.join(sorted(names))}"
         )
     kwargs = {k: _convert(hints[k], v, f"{where}.{k}" if where else k) for k, v in mapping.items()}
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except _Invalid as err:  # name the key as the YAML spells it: teacher_training.lr
+        raise ConfigError(f"{where + '.' if where else ''}{err.key} {err.problem}") from None
 
 
 def config_from_dict(mapping: dict) -> Config:

@@ -29,10 +29,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import soundfile as sf
-from tqdm import tqdm
 
 from distill.errors import DataError
 from distill.fileio import atomic_output
+from distill.progress import progress as show_progress
 
 __all__ = [
     "VOICES",
@@ -245,7 +245,7 @@ def make_espeak_corpus(
     workers = workers or min(8, os.cpu_count() or 1)
     with ThreadPoolExecutor(max_workers=workers) as pool:
         jobs = pool.map(lambda u: (u.id, _synthesise(exe, u, wav_dir / f"{u.id}.wav")), todo)
-        for uid, duration in tqdm(
+        for uid, duration in show_progress(
             jobs, total=len(todo), desc="espeak-ng", unit="utt", disable=not progress or not todo
         ):
             seconds[uid] = duration

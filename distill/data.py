@@ -37,20 +37,12 @@ import numpy as np
 import torch
 import yaml
 from torch.utils.data import Dataset
-from tqdm import tqdm
 
-from distill.audio import (
-    AUDIO_EXTENSIONS,
-    QUANT_STEP,
-    check_audio_config,
-    from_int16,
-    load_audio,
-    log_mel,
-    to_int16,
-)
+from distill.audio import AUDIO_EXTENSIONS, QUANT_STEP, from_int16, load_audio, log_mel, to_int16
 from distill.config import AudioConfig, config_to_dict
 from distill.errors import AudioError, ConfigError, DataError, DistillError
 from distill.fileio import atomic_output
+from distill.progress import progress as show_progress
 
 __all__ = [
     "FORMAT_VERSION",
@@ -60,7 +52,6 @@ __all__ = [
     "SkippedFileWarning",
     "prepare_corpus",
     "PreparedCorpus",
-    "load_prepared",
     "SegmentDataset",
 ]
 
@@ -228,8 +219,6 @@ def _split(ids: list[str], val_fraction: float, seed: int) -> set[str]:
     """Validation ids: the ``round(val_fraction * N)`` ids (at least 1, at most N - 1) with the
     lowest seeded hash. A pure function of the ids, so re-runs and other machines agree, and
     adding files to a large corpus moves few existing items across the split."""
-    if not 0 <= val_fraction < 1:
-        raise DataError(f"--val-fraction must be in [0, 1), found {val_fraction}")
     n = len(ids)
     k = round(val_fraction * n)
     if val_fraction > 0 and n >= 2:
@@ -257,7 +246,8 @@ def prepare_corpus(
     """
     start = time.perf_counter()
     cfg = cfg or AudioConfig()
-    check_audio_config(cfg)
+    if not 0 <= val_fraction < 1:
+        raise DataError(f"--val-fraction must be in [0, 1), found {val_fraction}")
     if (audio_dir is None) == (ljspeech is None):
         raise DataError("pass exactly one of --audio-dir DIR or --ljspeech DIR")
     source = Path(audio_dir if audio_dir is not None else ljspeech)
@@ -275,8 +265,6 @@ def prepare_corpus(
             )
     else:
         items = _scan_ljspeech(source)
-    if not 0 <= val_fraction < 1:
-        raise DataError(f"--val-fraction must be in [0, 1), found {val_fraction}")
 
     (out / "cache").mkdir(parents=True, exist_ok=True)
     for stale in (out / "cache").glob(".*.tmp"):
@@ -297,7 +285,7 @@ def prepare_corpus(
     reused = 0
     with ThreadPoolExecutor(max_workers=workers or min(4, os.cpu_count() or 1)) as pool:
         results = pool.map(work, items)
-        for result, failure in tqdm(
+        for result, failure in show_progress(
             results, total=len(items), desc="prepare", unit="file", disable=not progress
         ):
             if failure is not None:
@@ -412,6 +400,16 @@ class PreparedCorpus:
                 ) from err
         return self._items[split]
 
+    def nonempty_items(self, split: str) -> list[Entry]:
+        """:meth:`items`, or a DataError with the fix when the split has none."""
+        entries = self.items(split)
+        if not entries:
+            raise DataError(
+                f"the {split} split of {self.root} is empty; re-run distill prepare with more "
+                "audio (or another --val-fraction)"
+            )
+        return entries
+
     def _array(self, rel: str, entry: Entry) -> np.ndarray:
         try:
             return np.load(self.root / rel, mmap_mode="r")
@@ -467,23 +465,6 @@ class PreparedCorpus:
         """A whole utterance: audio (T,) float32, mel (n_mels, F), ``T = F * hop_length``."""
         return self.load_segment(entry, 0, entry.num_frames)
 
-    def check_audio_config(self, cfg: AudioConfig) -> None:
-        """Raise :class:`DataError` if ``cfg`` (e.g. a model's) differs from the features here."""
-        ours = config_to_dict(self.audio_config)
-        theirs = config_to_dict(cfg)
-        diffs = [f"{k}={ours[k]!r} here vs {theirs[k]!r}" for k in ours if ours[k] != theirs[k]]
-        if diffs:
-            raise DataError(
-                f"feature config of prepared folder {self.root} differs from the model's: "
-                f"{', '.join(diffs)}; re-run `distill prepare ... --out {self.root}` with the "
-                "same audio config as the model (or train with the folder's audio_config.yaml)"
-            )
-
-
-def load_prepared(root: str | Path) -> PreparedCorpus:
-    """Open a prepared folder (see :class:`PreparedCorpus`)."""
-    return PreparedCorpus(root)
-
 
 class SegmentDataset(Dataset):
     """Aligned random segments: ``(audio (segment_frames * hop,), mel (n_mels, segment_frames))``.
@@ -522,12 +503,7 @@ class SegmentDataset(Dataset):
         repeat: int = 1,
     ):
         self.corpus = corpus if isinstance(corpus, PreparedCorpus) else PreparedCorpus(corpus)
-        self.entries = self.corpus.items(split)
-        if not self.entries:
-            raise DataError(
-                f"split {split!r} of {self.corpus.root} is empty; re-run distill prepare with a "
-                "larger corpus or another --val-fraction"
-            )
+        self.entries = self.corpus.nonempty_items(split)
         if segment_frames <= 0 or repeat <= 0:
             raise ConfigError(
                 f"segment_frames and repeat must be positive, found {segment_frames}, {repeat}"

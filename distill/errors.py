@@ -4,7 +4,14 @@ The CLI catches :class:`DistillError` and prints its message alone (no traceback
 They subclass ``ValueError`` so library callers can catch them the usual way.
 """
 
-__all__ = ["DistillError", "ConfigError", "AudioError", "DataError", "CheckpointError"]
+__all__ = [
+    "DistillError",
+    "ConfigError",
+    "InputError",
+    "AudioError",
+    "DataError",
+    "CheckpointError",
+]
 
 
 class DistillError(ValueError):
@@ -12,7 +19,12 @@ class DistillError(ValueError):
 
 
 class ConfigError(DistillError):
-    """Unknown key, wrong type, or an inconsistent configuration."""
+    """Unknown key, wrong type, out-of-range value, or an inconsistent configuration."""
+
+
+class InputError(DistillError):
+    """Data handed to a model or command that it cannot use: a mel or noise of the wrong shape,
+    NaN or Inf values, no frames at all."""
 
 
 class AudioError(DistillError):

@@ -33,6 +33,7 @@ never has to pass through the network in one piece.
 
 from __future__ import annotations
 
+import copy
 import math
 import platform
 import time
@@ -46,8 +47,12 @@ import torch
 from distill import codecs, metrics
 from distill.audio import QUANT_STEP, load_audio, log_mel
 from distill.baselines import GRIFFIN_LIM_ITERS, griffin_lim
+from distill.config import check_same_features
 from distill.errors import AudioError, DataError
+from distill.flows import gaussian_log_prob
+from distill.inference import synchronize
 from distill.listening import LISTENING_KEYS, listen_to_clip
+from distill.progress import progress as show_progress
 from distill.report import QUALITY_METRICS, headline_rows, write_outputs
 
 __all__ = [
@@ -85,18 +90,7 @@ def _device_name(device: torch.device) -> str:
     return f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 # --- teacher densities, exact in chunks ---------------------------------------------------------
-
-
-def _mel_reach(model) -> int:
-    """Mel frames on each side that one output frame of the upsampler + interpolation sees."""
-    section = model.config.teacher if model.kind == "teacher" else model.config.student
-    return 2 * (section.upsampler_kernel // 2) + 2
 
 
 @torch.no_grad()
@@ -115,7 +109,7 @@ def teacher_conditionals(
     if chunk_frames is None or frames <= chunk_frames:
         mu, log_sigma = teacher.gaussian_conditionals(audio[None], mel[None])
         return mu[0], log_sigma[0]
-    reach = _mel_reach(teacher)
+    reach = teacher.upsampler.reach + 1  # the interpolation also reads the neighbouring frame
     left = math.ceil(teacher.receptive_field / hop) + reach
     mus, log_sigmas = [], []
     for a in range(0, frames, chunk_frames):
@@ -134,10 +128,8 @@ def teacher_log_prob(
     teacher, audio: torch.Tensor, mel: torch.Tensor, chunk_frames: int | None = None
 ) -> float:
     """``log p(audio | mel)`` in nats of one clip (T,), summed in float64."""
-    from distill.losses import gaussian_log_prob
-
     mu, log_sigma = teacher_conditionals(teacher, audio, mel, chunk_frames)
-    return float(gaussian_log_prob(audio.double(), mu.double(), log_sigma.double()).sum())
+    return float(gaussian_log_prob(audio.double(), mu.double(), log_sigma.double()))
 
 
 def _dequantize(audio: torch.Tensor, seed: int) -> torch.Tensor:
@@ -258,15 +250,19 @@ def score_file(
 
 
 def _load_models(student_path, teacher_path, corpus, device):
-    from distill.checkpoint import check_audio_config
     from distill.models import Student, Teacher
 
     student = Student.from_checkpoint(student_path, device=device)
-    corpus.check_audio_config(student.audio_config)
+    check_same_features(
+        student.audio_config,
+        corpus.audio_config,
+        f"student {student_path}",
+        f"prepared folder {corpus.root}",
+    )
     teacher = None
     if teacher_path is not None:
         teacher = Teacher.from_checkpoint(teacher_path, device=device)
-        check_audio_config(
+        check_same_features(
             student.audio_config,
             teacher.audio_config,
             f"student {student_path}",
@@ -294,11 +290,9 @@ def evaluate(
     Returns the metrics dict that metrics.json holds. Nothing is written until every number is
     computed; the files then appear together (report.md and metrics.json last).
     """
-    from tqdm import tqdm
-
     from distill.data import PreparedCorpus
     from distill.inference import Synthesizer, resolve_device
-    from distill.losses import gaussian_kl, gaussian_log_prob
+    from distill.losses import gaussian_kl
 
     options = options or EvaluationOptions()
 
@@ -314,7 +308,8 @@ def evaluate(
         )
     device = resolve_device(options.device)
     student, teacher = _load_models(student_path, teacher_path, corpus, device)
-    synth = Synthesizer.from_checkpoint(student_path, device=device, dtype=options.dtype)
+    # the Synthesizer takes its student over (dtype, frozen): a copy, the file is read once
+    synth = Synthesizer(copy.deepcopy(student), device=device, dtype=options.dtype)
     cfg = student.audio_config
     sr = cfg.sample_rate
     chunk = _chunk_frames(cfg, options.chunk_seconds)
@@ -323,7 +318,7 @@ def evaluate(
     undefined: dict[str, int] = {}
     tracks: dict[str, dict] = {}  # pitch tracks of the figure's clips
     synth_seconds = audio_seconds = 0.0
-    for i, entry in enumerate(tqdm(entries, desc="evaluate", disable=not progress)):
+    for i, entry in enumerate(show_progress(entries, desc="evaluate", disable=not progress)):
         audio, mel = corpus.load(entry)  # (T,), (n_mels, F)
         mel_d = mel.to(device)
         T = audio.numel()
@@ -337,7 +332,7 @@ def evaluate(
             x = _dequantize(audio, seed).to(device)
             mu, log_sigma = teacher_conditionals(teacher, x, mel_d, chunk)
             x, mu = x.double(), mu.double()
-            log_p = float(gaussian_log_prob(x, mu, log_sigma.double()).sum())
+            log_p = float(gaussian_log_prob(x, mu, log_sigma.double()))
             row["teacher_bits_per_sample"] = metrics.nll_bits_per_sample(log_p, T)
             row["signal_energy"] = float(x.square().sum())
             row["teacher_residual_energy"] = float((x - mu).square().sum())
@@ -347,7 +342,7 @@ def evaluate(
             row["kl_nats_per_sample"] = (
                 float(gaussian_kl(mean[0], log_scale[0], mu, log_sigma).double().sum()) / T
             )
-            log_p = float(gaussian_log_prob(x_s[0].double(), mu.double(), log_sigma.double()).sum())
+            log_p = float(gaussian_log_prob(x_s[0].double(), mu.double(), log_sigma.double()))
             row["kl_monte_carlo_nats_per_sample"] = (float(log_q[0]) - log_p) / T
             row["teacher_bits_per_sample_of_student"] = metrics.nll_bits_per_sample(log_p, T)
 
@@ -355,10 +350,10 @@ def evaluate(
         # mel in from the CPU and audio back to it, as `distill synthesize` runs it
         if i == 0:
             synth.synthesize(mel, temperature=options.temperature, seed=seed)  # warm-up
-        _sync(device)
+        synchronize(device)
         start = time.perf_counter()
         x_student = synth.synthesize(mel, temperature=options.temperature, seed=seed)
-        _sync(device)
+        synchronize(device)
         synth_seconds += time.perf_counter() - start
         audio_seconds += T / sr
         ref = audio.numpy()
@@ -501,10 +496,10 @@ def _teacher_free_running(teacher, clips, outputs, cfg, options, device):
     mel = torch.stack([clips[k][2][:, s : s + frames] for k, s in zip(chosen, starts)])
     gen = torch.Generator().manual_seed(options.seed)
     noise = torch.randn(len(chosen), n, generator=gen).to(device)
-    _sync(device)
+    synchronize(device)
     start = time.perf_counter()
     x_teacher = teacher.sample(mel.to(device), temperature=options.teacher_temperature, noise=noise)
-    _sync(device)
+    synchronize(device)
     elapsed = time.perf_counter() - start
     x_teacher = x_teacher.float().cpu().clamp(-1, 1).numpy()
 
@@ -538,6 +533,3 @@ def _teacher_free_running(teacher, clips, outputs, cfg, options, device):
         "per_segment": segments,
     }
     return summary, wavs, tracks
-
-
-# --- tables, figures, files ---------------------------------------------------------------------

@@ -1,7 +1,9 @@
 """Student-only synthesis: mel in, audio out, in one parallel pass.
 
 :class:`Synthesizer` loads the IAF student alone (never the teacher) from its checkpoint, which
-also carries the feature config, so ``vocode`` computes mels exactly as training did.
+also carries the feature config, so ``vocode`` computes mels exactly as training did. Its one
+pass, batched or ragged, is :meth:`distill.models.AudioFlow.decode`, the map training and
+:meth:`Student.sample <distill.models.AudioFlow.sample>` run.
 
 Noise is drawn in fixed blocks of :data:`NOISE_BLOCK` samples, each from its own generator
 seeded by ``(seed, item, block)``. Any stretch of an utterance's noise can therefore be drawn
@@ -25,10 +27,17 @@ import torch
 import torch.nn.functional as F
 
 from distill.config import AudioConfig
-from distill.errors import AudioError, ConfigError
+from distill.errors import AudioError, ConfigError, InputError
 from distill.models import Student
 
-__all__ = ["Synthesizer", "NOISE_BLOCK", "block_noise", "resolve_device", "resolve_dtype"]
+__all__ = [
+    "Synthesizer",
+    "NOISE_BLOCK",
+    "block_noise",
+    "resolve_device",
+    "resolve_dtype",
+    "synchronize",
+]
 
 NOISE_BLOCK = 16384
 """Samples per independently seeded noise block."""
@@ -76,6 +85,12 @@ def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype:
     if key not in DTYPES:
         raise ConfigError(f"unsupported dtype {dtype!r}; use float32, bfloat16 or float16")
     return DTYPES[key]
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work (CUDA runs asynchronously), so that timings are real."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def _block_seed(seed: int, item: int, block: int) -> int:
@@ -160,6 +175,11 @@ class Synthesizer:
         self.dtype = resolve_dtype(dtype)
         if cuda_graphs and self.device.type != "cuda":
             raise ConfigError("cuda_graphs=True needs a CUDA device; drop it or use device=cuda")
+        if cuda_graphs and student.source is not None:
+            raise ConfigError(
+                "cuda_graphs=True cannot capture a student with student.harmonic_source (its "
+                "pulse train has data-dependent control flow); drop cuda_graphs"
+            )
         self.student = student.to(device=self.device, dtype=self.dtype).eval()
         for p in self.student.parameters():
             p.requires_grad_(False)
@@ -178,10 +198,8 @@ class Synthesizer:
         cuda_graphs: bool = False,
     ) -> Synthesizer:
         """Load the student (EMA weights when present) from ``checkpoints/NAME/student/*.pt``."""
-        from distill.checkpoint import model_from_checkpoint
-
         device = resolve_device(device)  # fail on a bad device before reading the file
-        student = model_from_checkpoint(path, "student", device="cpu", use_ema=use_ema)
+        student = Student.from_checkpoint(path, use_ema=use_ema)
         return cls(student, device=device, dtype=dtype, compile=compile, cuda_graphs=cuda_graphs)
 
     # --- what the model expects ----------------------------------------------------------------
@@ -273,16 +291,20 @@ class Synthesizer:
         """Yield audio chunks of ``chunk_frames * hop`` samples (the last may be shorter).
 
         mel: (n_mels, F) -> chunks (n,); (B, n_mels, F) -> chunks (B, n). Concatenated, the
-        chunks equal :meth:`synthesize` with the same seed.
+        chunks equal :meth:`synthesize` with the same seed. A student with a harmonic source is
+        refused: its pulse train's phase runs over the whole clip.
         """
+        if self.student.source is not None:
+            raise ConfigError(
+                "stream does not support a student with student.harmonic_source yet (the pulse "
+                "train's phase would have to be carried across chunks); use synthesize"
+            )
         if chunk_frames < 1:
-            raise ConfigError(f"chunk_frames must be >= 1, found {chunk_frames}")
+            raise InputError(f"chunk_frames must be >= 1, found {chunk_frames}")
         unbatched = _ndim(mel) == 2
         if isinstance(mel, list | tuple):
-            raise ConfigError("stream takes one mel (n_mels, F) or a batch (B, n_mels, F)")
+            raise InputError("stream takes one mel (n_mels, F) or a batch (B, n_mels, F)")
         mels = self._as_mels(mel)
-        if len({m.shape[-1] for m in mels}) != 1:  # pragma: no cover - a tensor batch is even
-            raise ConfigError("stream needs mels of equal length")
         mel = torch.stack(mels)
         batch, _, total = mel.shape
         seed = self._seed(seed)
@@ -290,7 +312,7 @@ class Synthesizer:
         student = self.student
         layers = list(student.flow.layers)
         up = student.upsampler
-        mel_context = up.conv1.padding[0] + up.conv2.padding[0]
+        mel_context = up.reach
         history = [math.ceil(layer.conditioner.receptive_field / hop) + 1 for layer in layers]
         inputs: list[torch.Tensor | None] = [None] * len(layers)  # past inputs of each flow
         noise = _NoiseStream(seed, batch, self.device)
@@ -319,8 +341,7 @@ class Synthesizer:
 
     def _forward(self, mel: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         """mel (B, n_mels, F), scaled noise (B, F * hop) -> audio (B, F * hop)."""
-        ctx = self.student.upsampler.encode(mel)
-        return self.student.flow(z, ctx)[0]
+        return self.student.decode(mel, z)[0]
 
     def _run(self, mel: torch.Tensor, z: torch.Tensor, temperature: float) -> torch.Tensor:
         z = z.to(self.dtype) * temperature
@@ -350,21 +371,14 @@ class Synthesizer:
         return graph, static_mel, static_z, static_out
 
     def _run_ragged(self, mels: list[torch.Tensor], z: list[torch.Tensor], temperature: float):
-        """Different lengths in one pass: per-item frame-rate features, edge-padded to the
-        longest (which is exactly what the interpolation's clamping sees), zero-padded noise
-        (the flows are causal, so padding after an item cannot reach it), trimmed after."""
-        longest = max(m.shape[-1] for m in mels)
-        hop = self.hop_length
-        ctx = torch.cat(
-            [
-                F.pad(
-                    self.student.upsampler.encode(m[None]), (0, longest - m.shape[-1]), "replicate"
-                )
-                for m in mels
-            ]
-        )
+        """Different lengths in one pass: mels and noise zero-padded to the longest, each item
+        conditioned on its own frames (:meth:`~distill.models.AudioFlow.conditioning`), trimmed
+        after by the caller."""
+        frames = [m.shape[-1] for m in mels]
+        longest, hop = max(frames), self.hop_length
+        mel = torch.stack([F.pad(m, (0, longest - m.shape[-1])) for m in mels])
         noise = torch.stack([F.pad(n.to(self.dtype), (0, longest * hop - n.shape[-1])) for n in z])
-        return self.student.flow(noise * temperature, ctx)[0]
+        return self.student.decode(mel, noise * temperature, frames)[0]
 
     def _output(self, audio: torch.Tensor) -> torch.Tensor:
         """Audio back on the CPU in float32 (float64 when synthesising in float64)."""
@@ -374,7 +388,7 @@ class Synthesizer:
         if seed is None:
             return int(torch.randint(0, 2**62, (1,)).item())
         if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or seed < 0:
-            raise ConfigError(f"seed must be a non-negative integer, found {seed!r}")
+            raise InputError(f"seed must be a non-negative integer, found {seed!r}")
         return int(seed)
 
     def _noise(self, frames, seed, noise, is_list, unbatched) -> list[torch.Tensor]:
@@ -388,12 +402,12 @@ class Synthesizer:
             noise = torch.as_tensor(noise)
             items = [noise] if unbatched else list(noise)
         if len(items) != len(frames):
-            raise ConfigError(f"noise holds {len(items)} items for {len(frames)} mels")
+            raise InputError(f"noise holds {len(items)} items for {len(frames)} mels")
         out = []
         for i, (n, f) in enumerate(zip(items, frames)):
             n = torch.as_tensor(n)
             if n.shape != (f * hop,):
-                raise ConfigError(
+                raise InputError(
                     f"noise for item {i} must have {f * hop} samples (frames * hop_length), "
                     f"found shape {tuple(n.shape)}"
                 )
@@ -404,7 +418,7 @@ class Synthesizer:
         """Validate and move to device: a list of (n_mels, F) tensors in the model dtype."""
         if isinstance(mel, list | tuple):
             if not mel:
-                raise ConfigError("no mels given: pass at least one (n_mels, frames) array")
+                raise InputError("no mels given: pass at least one (n_mels, frames) array")
             items = [self._one_mel(m, f"mel {i}") for i, m in enumerate(mel)]
         else:
             x = _tensor(mel, "mel")
@@ -413,9 +427,9 @@ class Synthesizer:
             elif x.dim() == 3:
                 items = [self._one_mel(m, f"mel {i}") for i, m in enumerate(x)]
                 if not items:
-                    raise ConfigError("empty mel batch: pass at least one mel")
+                    raise InputError("empty mel batch: pass at least one mel")
             else:
-                raise ConfigError(
+                raise InputError(
                     f"mel must have shape (n_mels={self.n_mels}, frames) or (batch, n_mels, "
                     f"frames), found {tuple(x.shape)}"
                 )
@@ -424,15 +438,15 @@ class Synthesizer:
     def _one_mel(self, mel, name: str) -> torch.Tensor:
         x = _tensor(mel, name)
         if x.dim() != 2 or x.shape[0] != self.n_mels:
-            raise ConfigError(
+            raise InputError(
                 f"{name} must have shape (n_mels={self.n_mels}, frames), found "
                 f"{tuple(x.shape)}; compute it with distill.audio.log_mel and this checkpoint's "
                 "feature config (or use Synthesizer.vocode on the wav)"
             )
         if x.shape[1] == 0:
-            raise ConfigError(f"{name} has zero frames; pass at least one frame")
+            raise InputError(f"{name} has zero frames; pass at least one frame")
         if not torch.isfinite(x).all():
-            raise ConfigError(f"{name} holds NaN or Inf values; recompute it from the audio")
+            raise InputError(f"{name} holds NaN or Inf values; recompute it from the audio")
         return x.to(device=self.device, dtype=self.dtype)
 
 
@@ -449,7 +463,7 @@ def _tensor(mel, name: str) -> torch.Tensor:
         try:
             x = torch.from_numpy(np.asarray(mel))
         except (TypeError, ValueError) as err:
-            raise ConfigError(f"{name} is not a numeric array ({err})") from err
+            raise InputError(f"{name} is not a numeric array ({err})") from err
     if not (x.is_floating_point() or x.dtype in (torch.int16, torch.int32, torch.int64)):
-        raise ConfigError(f"{name} must hold real numbers, found dtype {x.dtype}")
+        raise InputError(f"{name} must hold real numbers, found dtype {x.dtype}")
     return x.float() if not x.is_floating_point() else x

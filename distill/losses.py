@@ -2,9 +2,11 @@
 
 One code path serves the audio models (:class:`distill.models.Student` / ``Teacher`` over
 ``(B, T)`` waveforms, conditioned on a mel) and the vector flows (:class:`distill.flows.IAF` /
-``MAF`` over ``(B, D)``, conditioned on a context vector): :class:`DistillationLoss` draws one
-student sample per row, runs the frozen teacher on it in one parallel pass, and returns every
-term as a named tensor with ``total = sum(weights[k] * terms[k])``.
+``MAF`` over ``(B, D)``, conditioned on a context vector), because both speak one protocol,
+:class:`ConditionalFlow`, in which every method takes the context (as in zuko).
+:class:`DistillationLoss` draws one student sample per row, runs the frozen teacher on it in one
+parallel pass, and returns every term as a named tensor with
+``total = sum(weights[k] * terms[k])``.
 
 Two estimators of ``KL(q_S || p_T) = E_{x ~ q_S}[log q_S(x) - log p_T(x)]``:
 
@@ -24,18 +26,19 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import torch
 
 from distill.config import DistillLossConfig
 from distill.errors import ConfigError
-from distill.flows import AffineAutoregressive
+from distill.flows import AffineAutoregressive, gaussian_log_prob
+from distill.precision import at_least_float32
 from distill.spectral import multi_resolution_stft, stft_magnitude
 
 __all__ = [
-    "ESTIMATORS",
+    "ConditionalFlow",
     "gaussian_kl",
-    "gaussian_log_prob",
     "closed_form_kl",
     "monte_carlo_kl",
     "power_loss",
@@ -45,13 +48,28 @@ __all__ = [
     "DistillationLoss",
 ]
 
-ESTIMATORS = ("closed_form", "monte_carlo")
-_LOG_2PI = math.log(2 * math.pi)
 
+class ConditionalFlow(Protocol):
+    """What density distillation asks of a student and a teacher; every method takes the
+    context (a mel (B, n_mels, F) for the audio models, a vector (B, C) for MAF / IAF).
 
-def _wide(t: torch.Tensor) -> torch.Tensor:
-    """float32 at least: KL sums must not run in half precision."""
-    return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
+    A student needs the sampling side (one pass for an IAF), a teacher the density side (one
+    pass for a MAF); the per-step Gaussians exist for stacks without permutations and raise a
+    ConfigError otherwise. ``noise`` is standard normal of :meth:`noise_shape`.
+    """
+
+    def noise_shape(self, context: torch.Tensor) -> tuple[int, ...]: ...
+
+    def sample_with_log_prob(self, context: torch.Tensor, noise: torch.Tensor | None = None):
+        """-> x (B, D), log q(x) (B,)."""
+
+    def sample_with_conditionals(self, context: torch.Tensor, noise: torch.Tensor | None = None):
+        """-> x, log q(x) (B,), per-step mean and log-scale (B, D) given ``z_{<t}``."""
+
+    def log_prob(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor: ...
+
+    def gaussian_conditionals(self, x: torch.Tensor, context: torch.Tensor):
+        """-> per-step mu and log-sigma (B, D) of ``p(x_t | x_{<t})``."""
 
 
 def gaussian_kl(
@@ -66,19 +84,13 @@ def gaussian_kl(
     result is float32 (or float64 for float64 inputs) and exactly 0 for equal Gaussians.
     """
     mean_q, log_scale_q, mean_p, log_scale_p = map(
-        _wide, (mean_q, log_scale_q, mean_p, log_scale_p)
+        at_least_float32, (mean_q, log_scale_q, mean_p, log_scale_p)
     )
     log_ratio = log_scale_q - log_scale_p
     # s_q^2 / s_p^2 and (m_q - m_p)^2 / s_p^2 without forming s_p^2 (which underflows near -7).
     var_ratio = torch.exp(2 * log_ratio)
     dist = ((mean_q - mean_p) * torch.exp(-log_scale_p)).square()
     return -log_ratio + 0.5 * (var_ratio + dist) - 0.5
-
-
-def gaussian_log_prob(x: torch.Tensor, mean: torch.Tensor, log_scale: torch.Tensor):
-    """``log N(x; mean, e^{2 log_scale})`` elementwise, float32 or wider."""
-    x, mean, log_scale = map(_wide, (x, mean, log_scale))
-    return -0.5 * (((x - mean) * torch.exp(-log_scale)).square() + _LOG_2PI) - log_scale
 
 
 def closed_form_kl(
@@ -97,7 +109,7 @@ def closed_form_kl(
     """
     kl = gaussian_kl(mean_q, log_scale_q, mean_p, log_scale_p).sum(dim=-1)
     if log_sigma_reg:
-        diff = _wide(log_scale_p) - _wide(log_scale_q)
+        diff = at_least_float32(log_scale_p) - at_least_float32(log_scale_q)
         reg = log_sigma_reg * diff.square().sum(dim=-1)
     else:
         reg = torch.zeros_like(kl)
@@ -106,7 +118,7 @@ def closed_form_kl(
 
 def monte_carlo_kl(log_q: torch.Tensor, log_p: torch.Tensor) -> torch.Tensor:
     """One-sample estimate per row, ``log q_S(x) - log p_T(x)`` (B,), for ``x ~ q_S``."""
-    return _wide(log_q) - _wide(log_p)
+    return at_least_float32(log_q) - at_least_float32(log_p)
 
 
 def power_loss(
@@ -153,11 +165,8 @@ def check_estimator(student, teacher, estimator: str) -> None:
 
     The closed form needs every layer of both stacks affine autoregressive in one order (no
     permutations between layers), IAF layers in the student and MAF layers in the teacher.
+    (Which names ``estimator`` may take is checked with the config.)
     """
-    if estimator not in ESTIMATORS:
-        raise ConfigError(
-            f"distill.estimator must be one of {', '.join(ESTIMATORS)}, found {estimator!r}"
-        )
     if estimator != "closed_form":
         return
     for name, model, mode in (("student", student, "iaf"), ("teacher", teacher, "maf")):
@@ -185,15 +194,14 @@ class DistillResult:
 
     ``total`` (scalar, differentiable) = ``sum(weights[k] * terms[k])``. ``terms`` are the
     differentiable loss terms (scalars, averaged over the batch); ``metrics`` are detached
-    diagnostics (scalars, nats per sample/dimension); ``sample`` is the student's sample
-    (B, T) or (B, D), detached; ``kl_per_row`` (B,) the per-row KL per sample, detached.
+    diagnostics (scalars, nats per sample/dimension); ``kl_per_row`` (B,) the per-row KL per
+    sample, detached.
     """
 
     total: torch.Tensor
     terms: dict[str, torch.Tensor]
     weights: dict[str, float]
     metrics: dict[str, torch.Tensor] = field(default_factory=dict)
-    sample: torch.Tensor | None = None
     kl_per_row: torch.Tensor | None = None
 
     def scalars(self, prefix: str = "") -> dict[str, torch.Tensor]:
@@ -204,38 +212,24 @@ class DistillResult:
         return out
 
 
-def _is_audio(model) -> bool:
-    """Audio models expose per-step Gaussians themselves; vector flows only via ``.flow``."""
-    return hasattr(model, "hop_length")
-
-
 class DistillationLoss:
     """KL(student || teacher) by the configured estimator, plus spectral terms against ``real``.
 
-    ``loss(student, teacher, context, real=None, noise=None) -> DistillResult``.
+    ``loss(student, teacher, context, real=None, noise=None) -> DistillResult``, for any
+    student and teacher of the :class:`ConditionalFlow` protocol.
 
-    * audio: ``context`` is the mel (B, n_mels, F); ``real`` the real clip (B, F * hop) for the
-      spectral terms; the sample is (B, F * hop).
-    * vectors: ``context`` is (B, C); ``real`` is ignored (no spectrum); the sample is (B, D).
+    * ``real``: the real audio (B, T) for the same mel, for the spectral terms (audio only;
+      without it, e.g. for vectors, there are none).
+    * ``noise`` (standard normal, the student's :meth:`~ConditionalFlow.noise_shape`) makes the
+      pass deterministic.
 
-    ``noise`` (standard normal, the sample's shape) makes the pass deterministic. The teacher
-    should be frozen (eval mode, ``requires_grad_(False)``); gradients still flow through it
-    into the student's sample. Spectral terms whose weight is 0 are computed without gradient,
-    for logging only. ``config.temperature`` scales the student's noise; the KL is then that of
-    the tempered student.
+    The teacher should be frozen (eval mode, ``requires_grad_(False)``); gradients still flow
+    through it into the student's sample. Spectral terms whose weight is 0 are computed without
+    gradient, for logging only. ``config.temperature`` scales the student's noise; the KL is then
+    that of the tempered student.
     """
 
     def __init__(self, config: DistillLossConfig):
-        if config.estimator not in ESTIMATORS:
-            raise ConfigError(
-                f"distill.estimator must be one of {', '.join(ESTIMATORS)}, "
-                f"found {config.estimator!r}"
-            )
-        if config.temperature <= 0:
-            raise ConfigError(f"distill.temperature must be > 0, found {config.temperature}")
-        for name in ("kl_weight", "log_sigma_reg", "stft_weight", "power_weight"):
-            if getattr(config, name) < 0:
-                raise ConfigError(f"distill.{name} must be >= 0, found {getattr(config, name)}")
         self.config = config
 
     @property
@@ -249,10 +243,9 @@ class DistillationLoss:
 
     def __call__(self, student, teacher, context, real=None, noise=None) -> DistillResult:
         c = self.config
-        audio = _is_audio(student)
         if noise is None:
-            size = context.shape[-1] * student.hop_length if audio else student.features
-            noise = torch.randn(context.shape[0], size, dtype=context.dtype, device=context.device)
+            shape = student.noise_shape(context)
+            noise = torch.randn(shape, dtype=context.dtype, device=context.device)
         eps = noise
         z = eps * c.temperature if c.temperature != 1.0 else eps
         dims = z.shape[-1]
@@ -260,28 +253,33 @@ class DistillationLoss:
         terms: dict[str, torch.Tensor] = {}
         metrics: dict[str, torch.Tensor] = {}
         if c.estimator == "closed_form":
-            x, log_q, mean_q, log_scale_q = self._student_conditionals(student, context, z, audio)
+            try:
+                x, log_q, mean_q, log_scale_q = student.sample_with_conditionals(context, z)
+                mu, log_sigma = teacher.gaussian_conditionals(x, context)
+            except ConfigError as err:
+                raise ConfigError(f"distill.estimator=closed_form does not apply: {err}") from err
             log_q = self._temper(log_q, z, eps)
-            mu, log_sigma = self._teacher_conditionals(teacher, context, x, audio)
             if c.temperature != 1.0:  # x_t = z_t S_t + M_t with z_t ~ N(0, T^2)
                 log_scale_q = log_scale_q + math.log(c.temperature)
             # Unit regulariser here; its weight kl_weight * log_sigma_reg is applied in `total`.
             kl, reg = closed_form_kl(mean_q, log_scale_q, mu, log_sigma, log_sigma_reg=1.0)
             terms["kl"] = (kl / dims).mean()
             terms["log_sigma_reg"] = (reg / dims).mean()
-            log_p = gaussian_log_prob(x, mu, log_sigma).sum(-1).detach()
-            metrics["student/log_scale_mean"] = _wide(log_scale_q).detach().mean()
-            metrics["teacher/log_sigma_mean"] = _wide(log_sigma).detach().mean()
-            metrics["kl/monte_carlo_per_sample"] = ((_wide(log_q).detach() - log_p) / dims).mean()
+            log_p = gaussian_log_prob(x, mu, log_sigma).detach()
+            metrics["student/log_scale_mean"] = at_least_float32(log_scale_q).detach().mean()
+            metrics["teacher/log_sigma_mean"] = at_least_float32(log_sigma).detach().mean()
+            metrics["kl/monte_carlo_per_sample"] = (
+                (at_least_float32(log_q).detach() - log_p) / dims
+            ).mean()
         else:
-            x, log_q = self._student_sample(student, context, z, audio)
+            x, log_q = student.sample_with_log_prob(context, z)
             log_q = self._temper(log_q, z, eps)
-            log_p = self._teacher_log_prob(teacher, context, x, audio)
+            log_p = teacher.log_prob(x, context)
             kl = monte_carlo_kl(log_q, log_p)
             terms["kl"] = (kl / dims).mean()
             log_p = log_p.detach()
 
-        if audio and real is not None:
+        if real is not None:
             for name, weight, fn in (
                 ("stft", c.stft_weight, self._stft_terms),
                 ("power", c.power_weight, self._power_term),
@@ -297,11 +295,9 @@ class DistillationLoss:
             total = terms["kl"] * 0.0
         kl_per_row = (kl / dims).detach()
         metrics["kl/per_sample"] = kl_per_row.mean()
-        metrics["student/entropy_per_sample"] = (-_wide(log_q).detach() / dims).mean()
+        metrics["student/entropy_per_sample"] = (-at_least_float32(log_q).detach() / dims).mean()
         metrics["teacher/nll_per_sample"] = (-log_p / dims).mean()
-        return DistillResult(total, terms, weights, metrics, x.detach(), kl_per_row)
-
-    # --- adapters: audio models vs vector flows ---------------------------------------------
+        return DistillResult(total, terms, weights, metrics, kl_per_row)
 
     def _temper(self, log_q: torch.Tensor, z: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
         """The models return ``log N(z; 0, I) - log|det|``; the tempered student, whose noise is
@@ -309,40 +305,8 @@ class DistillationLoss:
         t = self.config.temperature
         if t == 1.0:
             return log_q
-        correction = 0.5 * (_wide(z).square() - _wide(eps).square()).sum(-1)
-        return _wide(log_q) + correction - z.shape[-1] * math.log(t)
-
-    @staticmethod
-    def _student_sample(student, context, z, audio):
-        if audio:
-            return student.sample(context, temperature=1.0, noise=z)
-        return student.flow.sample_with_log_prob(z, context)
-
-    @staticmethod
-    def _student_conditionals(student, context, z, audio):
-        try:
-            if audio:
-                return student.sample_with_conditionals(context, noise=z, temperature=1.0)
-            return student.flow.sample_with_conditionals(z, context)
-        except ConfigError as err:
-            raise ConfigError(
-                f"student incompatible with distill.estimator=closed_form: {err}"
-            ) from err
-
-    @staticmethod
-    def _teacher_log_prob(teacher, context, x, audio):
-        return teacher.log_prob(x, context)
-
-    @staticmethod
-    def _teacher_conditionals(teacher, context, x, audio):
-        try:
-            if audio:
-                return teacher.gaussian_conditionals(x, context)
-            return teacher.flow.gaussian_conditionals(x, context)
-        except ConfigError as err:
-            raise ConfigError(
-                f"teacher incompatible with distill.estimator=closed_form: {err}"
-            ) from err
+        correction = 0.5 * (at_least_float32(z).square() - at_least_float32(eps).square()).sum(-1)
+        return at_least_float32(log_q) + correction - z.shape[-1] * math.log(t)
 
     def _stft_terms(self, x, real):
         return spectral_loss(x, real.to(x.dtype), self.config.stft_resolutions)

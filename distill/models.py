@@ -3,6 +3,15 @@
 Both are flow stacks over the waveform ``(B, T)`` whose layers are affine autoregressive with a
 causal WaveNet conditioner, all in the same time order, conditioned on a log-mel ``(B, n_mels, F)``
 with ``T = F * hop_length``. The stack hands the mel features to every layer itself.
+
+Both models speak the protocol of the vector flows (:class:`distill.flows.MAF` / ``IAF``):
+every method takes the conditioning (here the mel), so the distillation loss treats the two
+families alike. The student's base distribution may have a mean, its harmonic source; the one
+map from noise to audio, :meth:`AudioFlow.decode`, is where it enters, and every sampling path
+(training, :class:`distill.inference.Synthesizer`, ``distill export``, evaluation) runs it.
+
+A model is built from a config (``Teacher(config)``) or from a checkpoint file alone
+(``Teacher.from_checkpoint(path)``); :mod:`distill.checkpoint` only reads and writes the dicts.
 """
 
 from __future__ import annotations
@@ -14,19 +23,20 @@ import torch.nn.functional as F
 from torch import nn
 
 from distill.audio import network_input
-from distill.config import AudioConfig, Config, WaveNetConfig
-from distill.errors import ConfigError
+from distill.checkpoint import load_checkpoint
+from distill.config import AudioConfig, Config, FlowModelConfig, WaveNetConfig
+from distill.errors import CheckpointError, InputError
 from distill.flows import AffineAutoregressive, CausalWaveNet, FlowStack, standard_normal_log_prob
 from distill.flows.linear_prediction import LinearPredictive
 from distill.pitch import HarmonicSource
 
-__all__ = ["MelUpsampler", "Teacher", "Student", "check_mel"]
+__all__ = ["MelUpsampler", "AudioFlow", "Teacher", "Student", "check_mel"]
 
 
 class MelUpsampler(nn.Module):
     """Mel frames -> conditioning features: convolutions at the frame rate, then interpolation.
 
-    ``encode(mel) (B, n_mels, F) -> (B, C, F)`` sees ``kernel_size - 1`` frames of context on each
+    ``encode(mel) (B, n_mels, F) -> (B, C, F)`` sees :attr:`reach` frames of context on each
     side (the mel is given, so it may look ahead). ``forward`` interpolates linearly to the
     sample rate, ``(B, C, F * hop)``; frame ``f`` sits at the centre of samples
     ``[f * hop, (f + 1) * hop)``, matching the framing of :func:`distill.audio.log_mel`. The flow
@@ -39,6 +49,12 @@ class MelUpsampler(nn.Module):
         pad = kernel_size // 2
         self.conv1 = nn.Conv1d(n_mels, channels, kernel_size, padding=pad)
         self.conv2 = nn.Conv1d(channels, channels, kernel_size, padding=pad)
+
+    @property
+    def reach(self) -> int:
+        """Mel frames on each side that one encoded frame reads (the interpolation to the
+        sample rate then also reads the neighbouring encoded frame)."""
+        return self.conv1.padding[0] + self.conv2.padding[0]
 
     def encode(self, mel: torch.Tensor) -> torch.Tensor:
         """mel: (B, n_mels, F) -> (B, C, F)."""
@@ -55,13 +71,13 @@ class MelUpsampler(nn.Module):
 def check_mel(mel: torch.Tensor, audio_config: AudioConfig, name: str = "mel") -> None:
     """Shape and finiteness of a mel batch; errors say what was expected and found."""
     if mel.dim() != 3 or mel.shape[1] != audio_config.n_mels:
-        raise ConfigError(
+        raise InputError(
             f"{name} must have shape (batch, n_mels={audio_config.n_mels}, frames), found "
             f"{tuple(mel.shape)}; compute it with distill.audio.log_mel and the model's "
             "feature config"
         )
     if not torch.isfinite(mel).all():
-        raise ConfigError(f"{name} holds NaN or Inf values; recompute it from the audio")
+        raise InputError(f"{name} holds NaN or Inf values; recompute it from the audio")
 
 
 def _wavenet(cfg: WaveNetConfig, cond_channels: int) -> CausalWaveNet:
@@ -75,34 +91,56 @@ def _wavenet(cfg: WaveNetConfig, cond_channels: int) -> CausalWaveNet:
     )
 
 
-class _AudioFlow(nn.Module):
-    """What teacher and student share: config, upsampler, stack, shape checks, loading."""
+class AudioFlow(nn.Module):
+    """What teacher and student share: config, upsampler, stack, the protocol, loading.
+
+    Which direction is the parallel one depends on the stack's mode: a MAF (teacher) has a
+    parallel :meth:`log_prob` and :meth:`gaussian_conditionals` and samples one step at a time;
+    an IAF (student) samples in one pass with its log-density and per-step Gaussians
+    (:meth:`sample_with_conditionals`), and its :meth:`log_prob` is sequential.
+    """
 
     kind = ""
 
     def __init__(
         self,
         config: Config,
-        wavenets: list[WaveNetConfig],
+        section: FlowModelConfig,
+        wavenets: tuple[WaveNetConfig, ...],
         mode: str,
-        upsampler_channels: int,
-        upsampler_kernel: int,
-        log_scale_min: float,
-        linear_prediction_order: int = 0,
     ):
         super().__init__()
         self.config = config
         self.audio_config = config.audio
+        channels = section.upsampler_channels
         self.upsampler = MelUpsampler(
-            config.audio.n_mels, upsampler_channels, config.audio.hop_length, upsampler_kernel
+            config.audio.n_mels, channels, config.audio.hop_length, section.upsampler_kernel
         )
-        conditioners = [_wavenet(w, upsampler_channels) for w in wavenets]
-        if linear_prediction_order:
-            conditioners = [
-                LinearPredictive(c, upsampler_channels, linear_prediction_order)
-                for c in conditioners
-            ]
-        self.flow = FlowStack([AffineAutoregressive(c, mode, log_scale_min) for c in conditioners])
+        conditioners = [_wavenet(w, channels) for w in wavenets]
+        if section.linear_prediction_order:
+            order = section.linear_prediction_order
+            conditioners = [LinearPredictive(c, channels, order) for c in conditioners]
+        layers = [AffineAutoregressive(c, mode, section.log_scale_min) for c in conditioners]
+        self.flow = FlowStack(layers)
+        self.source: nn.Module | None = None  # a base mean from the mel (the student's option)
+
+    @classmethod
+    def from_checkpoint(
+        cls, path: str | Path, device=None, use_ema: bool = True, data: dict | None = None
+    ):
+        """The model of a checkpoint file alone, in eval mode (EMA weights when present and
+        ``use_ema``). ``data``: what :func:`~distill.checkpoint.load_checkpoint` already read
+        from ``path``, so that a caller needing its other entries reads the file once."""
+        data = load_checkpoint(path, cls.kind) if data is None else data
+        model = cls(data["config"])
+        state = data.get("ema") if use_ema and data.get("ema") else data["model"]
+        try:
+            model.load_state_dict(state)
+        except RuntimeError as err:
+            raise CheckpointError(f"{path}: weights do not match its own config: {err}") from err
+        if device is not None:
+            model.to(device)
+        return model.eval()
 
     @property
     def hop_length(self) -> int:
@@ -113,142 +151,149 @@ class _AudioFlow(nn.Module):
         """Past samples one output sample depends on, through all layers of the stack."""
         return sum(layer.conditioner.receptive_field for layer in self.flow.layers)
 
-    def context(self, mel: torch.Tensor) -> torch.Tensor:
-        """Checked mel (B, n_mels, F) -> frame-rate features (B, C, F) for every layer."""
+    def noise_shape(self, mel: torch.Tensor) -> tuple[int, int]:
+        """Shape of the base noise for a mel batch (B, n_mels, F): (B, F * hop)."""
+        return mel.shape[0], mel.shape[-1] * self.hop_length
+
+    # --- the one map from noise to audio (no input checks: traceable by torch.export) --------
+
+    def conditioning(self, mel: torch.Tensor, frames: list[int] | None = None):
+        """mel (B, n_mels, F) -> frame-rate features (B, C, F) for every layer, and the base
+        distribution's mean (B, F * hop), or None for a zero mean.
+
+        ``frames``: a ragged batch, item ``b`` being ``mel[b, :, :frames[b]]`` followed by
+        padding. Each item is then encoded alone, its features edge-padded (what the layers'
+        interpolation clamping sees at its end) and its base mean zero-padded: the flows are
+        causal, so an item's samples equal those of decoding it alone.
+        """
+        if frames is None:
+            mean = None if self.source is None else self.source(mel)
+            return self.upsampler.encode(mel), mean
+        longest, hop = mel.shape[-1], self.hop_length
+        items = [mel[b : b + 1, :, :f] for b, f in enumerate(frames)]
+        context = torch.cat(
+            [
+                F.pad(self.upsampler.encode(m), (0, longest - m.shape[-1]), "replicate")
+                for m in items
+            ]
+        )
+        if self.source is None:
+            return context, None
+        mean = [F.pad(self.source(m), (0, (longest - m.shape[-1]) * hop)) for m in items]
+        return context, torch.cat(mean)
+
+    def decode(
+        self,
+        mel: torch.Tensor,
+        noise: torch.Tensor,
+        frames: list[int] | None = None,
+        naive: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """mel (B, n_mels, F), noise (B, F * hop) already scaled by the temperature ->
+        audio (B, F * hop) and ``log|det d audio / d flow input|`` (B,).
+
+        The base mean (the student's excitation) is added to the noise here and nowhere else.
+        A MAF decodes one sample at a time (with cached activations; ``naive``: without), an
+        IAF in one pass. Inputs are not checked (the public methods and the Synthesizer do).
+        """
+        context, mean = self.conditioning(mel, frames)
+        return self.flow(noise if mean is None else noise + mean, context, naive=naive)
+
+    # --- the protocol: checked inputs, everything takes the mel ----------------------------
+
+    def _checked(self, mel: torch.Tensor, audio: torch.Tensor | None = None) -> None:
         check_mel(mel, self.audio_config)
-        return self.upsampler.encode(mel)
-
-    def _check_audio(self, audio: torch.Tensor, mel: torch.Tensor) -> None:
-        expected = mel.shape[-1] * self.hop_length
-        if audio.dim() != 2 or audio.shape != (mel.shape[0], expected):
-            raise ConfigError(
-                f"audio must have shape (batch, frames * hop_length) = ({mel.shape[0]}, "
-                f"{expected}) for a mel of {mel.shape[-1]} frames, found {tuple(audio.shape)}"
+        if audio is None:
+            return
+        expected = self.noise_shape(mel)
+        if audio.dim() != 2 or tuple(audio.shape) != expected:
+            raise InputError(
+                f"audio and noise must have shape (batch, frames * hop_length) = {expected} for "
+                f"a mel of {mel.shape[-1]} frames, found {tuple(audio.shape)}"
             )
 
-    def _noise(self, mel, temperature: float, noise: torch.Tensor | None) -> torch.Tensor:
+    def _scaled_noise(self, mel, temperature: float, noise: torch.Tensor | None) -> torch.Tensor:
         if noise is None:
-            noise = torch.randn(
-                mel.shape[0], mel.shape[-1] * self.hop_length, dtype=mel.dtype, device=mel.device
-            )
+            noise = torch.randn(self.noise_shape(mel), dtype=mel.dtype, device=mel.device)
         else:
-            self._check_audio(noise, mel)
+            self._checked(mel, noise)
         return noise * temperature
 
-    @classmethod
-    def from_checkpoint(cls, path: str | Path, device=None, use_ema: bool = True):
-        """Rebuild from a checkpoint file alone (EMA weights when present and asked for)."""
-        from distill.checkpoint import model_from_checkpoint
+    def sample_with_log_prob(
+        self,
+        mel: torch.Tensor,
+        noise: torch.Tensor | None = None,
+        temperature: float = 1.0,
+        naive: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """mel (B, n_mels, F) -> audio (B, T), log_prob (B,).
 
-        return model_from_checkpoint(path, cls.kind, device=device, use_ema=use_ema)
+        ``log_prob`` is the model's log-density of the returned audio (at temperature 1), the
+        same number :meth:`log_prob` gives for it. ``temperature`` scales the noise about the
+        base mean (an excitation is not tempered).
+        """
+        self._checked(mel)
+        z = self._scaled_noise(mel, temperature, noise)
+        x, log_det = self.decode(mel, z, naive=naive)
+        return x, standard_normal_log_prob(z) - log_det
+
+    def sample(
+        self,
+        mel: torch.Tensor,
+        noise: torch.Tensor | None = None,
+        temperature: float = 1.0,
+        naive: bool = False,
+    ) -> torch.Tensor:
+        """mel (B, n_mels, F) -> audio (B, T); see :meth:`sample_with_log_prob`."""
+        return self.sample_with_log_prob(mel, noise, temperature, naive)[0]
+
+    def sample_with_conditionals(
+        self, mel: torch.Tensor, noise: torch.Tensor | None = None, temperature: float = 1.0
+    ):
+        """IAF: the sample of :meth:`decode` and its per-step Gaussians ``N(M_t, S_t^2)`` given
+        ``z_{<t}``. Returns audio (B, T), log_prob (B,), mean (B, T), log_scale (B, T)."""
+        self._checked(mel)
+        z = self._scaled_noise(mel, temperature, noise)
+        context, mean = self.conditioning(mel)
+        return self.flow.sample_with_conditionals(z, context, base_mean=mean)
+
+    def log_prob(self, audio: torch.Tensor, mel: torch.Tensor) -> torch.Tensor:
+        """audio (B, T), mel (B, n_mels, F) with T = F * hop -> log p(audio | mel) (B,) nats.
+
+        One parallel pass for a MAF; sequential inversion for an IAF (slow: tests, evaluation).
+        """
+        self._checked(mel, audio)
+        context, mean = self.conditioning(mel)
+        return self.flow.log_prob(audio, context, base_mean=mean)
+
+    def gaussian_conditionals(self, audio: torch.Tensor, mel: torch.Tensor):
+        """MAF: ``mu_t, log_sigma_t`` of ``p(x_t | x_{<t}, mel)``, each (B, T), in one pass."""
+        self._checked(mel, audio)
+        context, _ = self.conditioning(mel)
+        return self.flow.gaussian_conditionals(audio, context)
 
 
-class Teacher(_AudioFlow):
+class Teacher(AudioFlow):
     """Conditional MAF over the waveform: exact likelihood in one parallel pass per layer."""
 
     kind = "teacher"
 
     def __init__(self, config: Config):
         t = config.teacher
-        if t.num_flows < 1:
-            raise ConfigError(f"teacher.num_flows must be >= 1, found {t.num_flows}")
-        super().__init__(
-            config,
-            [t.wavenet] * t.num_flows,
-            "maf",
-            t.upsampler_channels,
-            t.upsampler_kernel,
-            t.log_scale_min,
-            t.linear_prediction_order,
-        )
-
-    @classmethod
-    def from_config(cls, config: Config) -> Teacher:
-        return cls(config)
-
-    def log_prob(self, audio: torch.Tensor, mel: torch.Tensor) -> torch.Tensor:
-        """audio (B, T), mel (B, n_mels, F) with T = F * hop -> log p(audio | mel) (B,) nats."""
-        ctx = self.context(mel)
-        self._check_audio(audio, mel)
-        return self.flow.log_prob(audio, ctx)
-
-    def gaussian_conditionals(self, audio: torch.Tensor, mel: torch.Tensor):
-        """``mu_t, log_sigma_t`` of ``p(x_t | x_{<t}, mel)``, each (B, T), from one pass."""
-        ctx = self.context(mel)
-        self._check_audio(audio, mel)
-        return self.flow.gaussian_conditionals(audio, ctx)
-
-    def sample(
-        self,
-        mel: torch.Tensor,
-        temperature: float = 1.0,
-        noise: torch.Tensor | None = None,
-        naive: bool = False,
-    ) -> torch.Tensor:
-        """Generate (B, T) one sample at a time with cached activations (``naive``: without)."""
-        ctx = self.context(mel)
-        x, _ = self.flow(self._noise(mel, temperature, noise), ctx, naive=naive)
-        return x
+        super().__init__(config, t, (t.wavenet,) * t.num_flows, "maf")
 
 
-class Student(_AudioFlow):
-    """Conditional IAF over the waveform: a whole clip from noise in one parallel pass."""
+class Student(AudioFlow):
+    """Conditional IAF over the waveform: a whole clip from noise in one parallel pass.
+
+    With ``student.harmonic_source`` the base is ``N(source(mel), I)``: a pulse train at the
+    F0 predicted from the mel (:mod:`distill.pitch`); without it ``N(0, I)``.
+    """
 
     kind = "student"
 
     def __init__(self, config: Config):
         s = config.student
-        if not s.flows:
-            raise ConfigError("student.flows must list at least one WaveNet flow")
-        super().__init__(
-            config,
-            list(s.flows),
-            "iaf",
-            s.upsampler_channels,
-            s.upsampler_kernel,
-            s.log_scale_min,
-            s.linear_prediction_order,
-        )
-
-        # The base is N(source(mel), I) with a harmonic source, N(0, I) without.
-        self.source = HarmonicSource(config.audio) if s.harmonic_source else None
-
-    @classmethod
-    def from_config(cls, config: Config) -> Student:
-        return cls(config)
-
-    def base_mean(self, mel: torch.Tensor) -> torch.Tensor | None:
-        """The base distribution's mean (B, T): the predicted excitation, or None (zero)."""
-        return None if self.source is None else self.source(mel)
-
-    def sample(
-        self, mel: torch.Tensor, temperature: float = 1.0, noise: torch.Tensor | None = None
-    ):
-        """mel (B, n_mels, F) -> audio (B, T), log_prob (B,).
-
-        ``log_prob`` is the model's log-density of the returned audio (at temperature 1), the
-        same number :meth:`log_prob` gives for it. ``temperature`` scales the noise about the
-        base mean (the excitation is not tempered).
-        """
-        ctx = self.context(mel)
-        z = self._noise(mel, temperature, noise)
-        shift = self.base_mean(mel)
-        x, log_det = self.flow(z if shift is None else z + shift, ctx)
-        return x, standard_normal_log_prob(z) - log_det
-
-    def sample_with_conditionals(
-        self, mel: torch.Tensor, noise: torch.Tensor | None = None, temperature: float = 1.0
-    ):
-        """Sample and the student's per-step Gaussian ``N(M_t, S_t^2)`` given ``z_{<t}``.
-
-        Returns audio (B, T), log_prob (B,), mean (B, T), log_scale (B, T).
-        """
-        ctx = self.context(mel)
-        z = self._noise(mel, temperature, noise)
-        return self.flow.sample_with_conditionals(z, ctx, base_mean=self.base_mean(mel))
-
-    def log_prob(self, audio: torch.Tensor, mel: torch.Tensor) -> torch.Tensor:
-        """log q(audio | mel) (B,) by sequential inversion: slow, for tests and evaluation."""
-        ctx = self.context(mel)
-        self._check_audio(audio, mel)
-        return self.flow.log_prob(audio, ctx, base_mean=self.base_mean(mel))
+        super().__init__(config, s, s.flows, "iaf")
+        if s.harmonic_source:
+            self.source = HarmonicSource(config.audio)

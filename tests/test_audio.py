@@ -13,11 +13,11 @@ from distill.audio import (
     from_int16,
     load_audio,
     log_mel,
-    preprocess,
     quantize_16bit,
     save_wav,
     silence_log_mel,
     to_int16,
+    trim_and_normalize,
 )
 from distill.config import AudioConfig
 from distill.errors import AudioError, ConfigError
@@ -109,7 +109,7 @@ def test_silence_is_the_log_floor():
 
 def test_invalid_feature_config_is_a_config_error():
     with pytest.raises(ConfigError, match="fmax"):
-        log_mel(torch.zeros(1024), AudioConfig(sample_rate=8000, fmax=8000.0))
+        AudioConfig(sample_rate=8000, fmax=8000.0)
 
 
 # --- I/O --------------------------------------------------------------------------------------
@@ -157,14 +157,14 @@ def test_quantize_is_idempotent_and_matches_int16():
     assert (q - x).abs().max() < QUANT_STEP
 
 
-def test_preprocess_trims_silence_and_normalises_the_peak():
+def test_trim_and_normalize_trims_silence_and_normalises_the_peak():
     sr = CFG.sample_rate
     tone = 0.2 * torch.sin(2 * torch.pi * 300 * torch.arange(sr) / sr)
     padded = torch.cat([torch.zeros(sr), tone, torch.zeros(sr)])
-    out = preprocess(padded, sr, CFG)
+    out = trim_and_normalize(padded, sr, CFG)
     assert sr * 0.9 < out.shape[0] < sr * 1.3
     assert out.abs().max() == pytest.approx(CFG.peak, abs=1e-6)
-    loud = preprocess(padded, sr, AudioConfig(normalize="loudness", trim_top_db=0))
+    loud = trim_and_normalize(padded, sr, AudioConfig(normalize="loudness", trim_top_db=0))
     assert loud.shape == padded.shape and loud.abs().max() <= CFG.peak + 1e-6
 
 

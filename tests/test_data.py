@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from distill import cli
 from distill.audio import QUANT_STEP, log_mel
-from distill.config import AudioConfig
+from distill.config import AudioConfig, check_same_features
 from distill.corpus import make_espeak_corpus, plan_utterances
 from distill.data import (
     PreparedCorpus,
@@ -21,7 +21,7 @@ from distill.data import (
     SkippedFileWarning,
     prepare_corpus,
 )
-from distill.errors import DataError
+from distill.errors import ConfigError, DataError
 
 needs_espeak = pytest.mark.skipif(
     shutil.which("espeak-ng") is None,
@@ -169,13 +169,12 @@ def test_bad_sources_are_clear_data_errors(tmp_path, tiny_audio_config):
         PreparedCorpus(tmp_path / "missing")
 
 
-def test_check_audio_config_names_both_values(tiny_prepared_dir):
+def test_a_feature_mismatch_names_both_values_and_sources(tiny_prepared_dir):
     corpus = PreparedCorpus(tiny_prepared_dir)
-    corpus.check_audio_config(corpus.audio_config)
-    with pytest.raises(DataError, match=r"n_mels=40 here vs 80.*re-run `distill prepare"):
-        corpus.check_audio_config(
-            AudioConfig(sample_rate=16000, n_fft=512, win_length=512, hop_length=128)
-        )
+    check_same_features(corpus.audio_config, corpus.audio_config, "here", "there")
+    model = AudioConfig(sample_rate=16000, n_fft=512, win_length=512, hop_length=128)
+    with pytest.raises(ConfigError, match=r"n_mels=40 \(folder\) vs 80 \(model\).*distill prepare"):
+        check_same_features(corpus.audio_config, model, "folder", "model")
 
 
 def test_cli_prints_one_line_errors_and_a_summary(tmp_path, tiny_corpus_dir, capsys):

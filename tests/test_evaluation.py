@@ -50,7 +50,7 @@ def train_teacher_briefly(corpus: PreparedCorpus, config: Config, steps: int = 4
     """Maximum likelihood on random dequantised 16-frame segments: about two seconds on CPU."""
     torch.manual_seed(0)
     gen = torch.Generator().manual_seed(0)
-    teacher = Teacher.from_config(config)
+    teacher = Teacher(config)
     clips = [corpus.load(e) for e in corpus.items("train")]
     hop, frames, batch = config.audio.hop_length, 16, 8
     optimizer = torch.optim.Adam(teacher.parameters(), lr=5e-3)
@@ -82,7 +82,7 @@ def checkpoints(tiny_prepared_dir, tmp_path_factory) -> dict[str, Path]:
         out / "teacher.pt", {"kind": "teacher", "config": config, "model": teacher.state_dict()}
     )
     torch.manual_seed(1)
-    student = Student.from_config(config)
+    student = Student(config)
     save_checkpoint(
         out / "student.pt", {"kind": "student", "config": config, "model": student.state_dict()}
     )
@@ -93,7 +93,7 @@ def checkpoints(tiny_prepared_dir, tmp_path_factory) -> dict[str, Path]:
     )
     save_checkpoint(
         out / "student_32mels.pt",
-        {"kind": "student", "config": other, "model": Student.from_config(other).state_dict()},
+        {"kind": "student", "config": other, "model": Student(other).state_dict()},
     )
     return {
         "teacher": out / "teacher.pt",
@@ -111,7 +111,7 @@ def test_teacher_density_in_chunks_equals_one_pass(tiny_audio_config):
     config = Config(
         audio=config.audio, teacher=TeacherConfig(num_flows=2, wavenet=wide, upsampler_channels=8)
     )
-    teacher = Teacher.from_config(config).eval()
+    teacher = Teacher(config).eval()
     with torch.no_grad():  # move off the identity initialisation: every weight matters
         for p in teacher.parameters():
             p.add_(0.2 * torch.randn_like(p))

@@ -3,6 +3,7 @@ torch.export, and the synthesize / bench / export commands with their bad-input 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -14,7 +15,7 @@ import distill.flows.wavenet_fused as wavenet_fused
 from distill.checkpoint import save_checkpoint
 from distill.cli import main
 from distill.config import AudioConfig, Config, StudentConfig, TeacherConfig, WaveNetConfig
-from distill.errors import ConfigError
+from distill.errors import ConfigError, InputError
 from distill.flows import AffineAutoregressive, CausalWaveNet, FlowStack
 from distill.inference import Synthesizer, block_noise
 from distill.models import Student, Teacher
@@ -53,8 +54,11 @@ def randomize(module: torch.nn.Module, std: float = 0.3, seed: int = 0) -> torch
     return module
 
 
-def tiny_student(seed: int = 0) -> Student:
-    return randomize(Student(TINY), seed=seed)
+def tiny_student(seed: int = 0, harmonic_source: bool = False) -> Student:
+    config = dataclasses.replace(
+        TINY, student=dataclasses.replace(TINY.student, harmonic_source=harmonic_source)
+    )
+    return randomize(Student(config), seed=seed)
 
 
 def mel_like(frames: int, seed: int = 0, n_mels: int = 8) -> torch.Tensor:
@@ -86,7 +90,6 @@ NETS = [
 def test_fused_one_pass_equals_plain(
     monkeypatch, batched, kernel_size, dilations, batch, hop, frames
 ):
-    monkeypatch.setattr(wavenet_fused, "_BATCHED_ON_CPU", batched)
     net = randomize(CausalWaveNet(3, 8, 10, 6, kernel_size=kernel_size, dilations=dilations))
     length = hop * frames
     u, cond = torch.randn(batch, length), torch.randn(batch, 3, frames)
@@ -94,8 +97,8 @@ def test_fused_one_pass_equals_plain(
     for block in (length, 3 * hop, 1):  # one block, several, and blocks smaller than a frame
         monkeypatch.setattr(net, "cpu_block", block)
         with torch.no_grad():
-            fused = net(u, cond)
-            fused_c = net.run(u, net.condition(cond, length))
+            fused = wavenet_fused.run(net, u, frames=cond, batched=batched)
+            fused_c = wavenet_fused.run(net, u, c=net.condition(cond, length), batched=batched)
         for r, a, b in zip(ref, fused, fused_c):
             torch.testing.assert_close(a, r.detach(), atol=1e-12, rtol=0)
             torch.testing.assert_close(b, r.detach(), atol=1e-12, rtol=0)
@@ -246,16 +249,50 @@ def test_from_checkpoint_uses_ema_and_vocode_returns_whole_frames(checkpoints, t
 
 def test_synthesizer_rejects_bad_mels():
     syn = Synthesizer(tiny_student(), device="cpu")
-    with pytest.raises(ConfigError, match=r"n_mels=8"):
+    with pytest.raises(InputError, match=r"n_mels=8"):
         syn.synthesize(torch.zeros(7, 10))
     bad = mel_like(5)
     bad[2, 3] = float("nan")
-    with pytest.raises(ConfigError, match="NaN or Inf"):
+    with pytest.raises(InputError, match="NaN or Inf"):
         syn.synthesize(bad)
-    with pytest.raises(ConfigError, match="zero frames"):
+    with pytest.raises(InputError, match="zero frames"):
         syn.synthesize(torch.zeros(8, 0))
     with pytest.raises(ConfigError, match="teacher checkpoint|Student"):
         Synthesizer(randomize(Teacher(TINY)))
+
+
+@pytest.mark.usefixtures("float64")
+@pytest.mark.parametrize("harmonic_source", [False, True], ids=["noise-base", "harmonic-source"])
+def test_synthesizer_equals_student_sample(harmonic_source):
+    """One decode path: the Synthesizer (one pass and ragged batches) synthesises what
+    Student.sample does for the same noise, the harmonic source included."""
+    student = tiny_student(harmonic_source=harmonic_source)
+    mels = [mel_like(9, 1), mel_like(14, 2)]
+    noise = [block_noise(3, i, 0, m.shape[-1] * 16) for i, m in enumerate(mels)]
+    with torch.no_grad():
+        expected = [
+            student.sample(m[None], noise=n[None], temperature=0.7)[0] for m, n in zip(mels, noise)
+        ]
+        no_source = student.flow(0.7 * noise[0][None], student.conditioning(mels[0][None])[0])[0]
+    syn = Synthesizer(student, device="cpu", dtype="float64")
+    one = syn.synthesize(mels[0], temperature=0.7, noise=noise[0])
+    ragged = syn.synthesize(mels, temperature=0.7, noise=noise)
+    torch.testing.assert_close(one, expected[0], atol=1e-9, rtol=0)
+    for audio, ref in zip(ragged, expected):
+        torch.testing.assert_close(audio, ref, atol=1e-9, rtol=0)
+    # with the source on, leaving it out (the old Synthesizer) is far from the student's audio
+    assert ((one - no_source[0]).abs().max() > 0.1) == harmonic_source
+
+
+def test_a_harmonic_source_is_refused_where_it_is_not_supported_yet(tmp_path):
+    student = tiny_student(harmonic_source=True)
+    with pytest.raises(ConfigError, match="stream does not support.*harmonic_source"):
+        next(Synthesizer(student, device="cpu").stream(mel_like(8)))
+    ckpt = tmp_path / "student.pt"
+    config = student.config
+    save_checkpoint(ckpt, {"kind": "student", "config": config, "model": student.state_dict()})
+    assert main(["export", "--checkpoint", str(ckpt), "--out", str(tmp_path / "s.pt2")]) == 2
+    assert not (tmp_path / "s.pt2").exists()
 
 
 # --- torch.export ------------------------------------------------------------------------------

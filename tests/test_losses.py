@@ -25,7 +25,9 @@ from distill.losses import (
 from distill.models import Student, Teacher
 from distill.spectral import multi_resolution_stft
 
-TINY_AUDIO = AudioConfig(sample_rate=8000, n_fft=64, win_length=64, hop_length=16, n_mels=8)
+TINY_AUDIO = AudioConfig(
+    sample_rate=8000, n_fft=64, win_length=64, hop_length=16, n_mels=8, fmax=4000.0
+)
 SMALL_RES = ((64, 16, 64), (128, 32, 128))
 
 

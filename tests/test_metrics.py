@@ -13,7 +13,7 @@ from distill import metrics
 from distill.audio import log_mel
 from distill.baselines import griffin_lim
 from distill.config import AudioConfig
-from distill.errors import AudioError, ConfigError
+from distill.errors import AudioError, InputError
 from distill.spectral import multi_resolution_stft, stft_magnitude
 
 SR = 22050
@@ -243,7 +243,7 @@ def test_griffin_lim_runs_on_a_short_clip_and_is_aligned(clip):
 
 
 def test_griffin_lim_rejects_a_wrong_mel():
-    with pytest.raises(ConfigError, match="n_mels=80"):
+    with pytest.raises(InputError, match="n_mels=80"):
         griffin_lim(np.zeros((64, 10)), CFG)
-    with pytest.raises(ConfigError, match="NaN"):
+    with pytest.raises(InputError, match="NaN"):
         griffin_lim(np.full((80, 10), np.nan), CFG)

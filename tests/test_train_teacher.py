@@ -17,20 +17,14 @@ import pytest
 import torch
 import yaml
 
-from distill.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
+from distill.checkpoint import load_checkpoint, save_checkpoint
 from distill.cli import main as cli_main
 from distill.config import config_from_dict, config_to_dict
 from distill.data import SegmentDataset
 from distill.errors import CheckpointError
 from distill.models import Teacher
-from distill.training.loop import (
-    TrainingDiverged,
-    lr_at,
-    rng_state,
-    seed_everything,
-    set_rng_state,
-    train,
-)
+from distill.training.checkpoints import rng_state, set_rng_state
+from distill.training.loop import TrainingDiverged, lr_at, seed_everything, train
 from distill.training.teacher import TeacherLikelihood, TeacherStage
 
 REPO = Path(__file__).resolve().parent.parent
@@ -177,6 +171,25 @@ def test_data_init_starts_the_flow_at_the_data_scale(tiny_prepared_dir, tiny_aud
     assert after < before + math.log(std) + 0.5
 
 
+def test_data_init_runs_on_fresh_runs_only(
+    tmp_path, tiny_prepared_dir, tiny_audio_config, monkeypatch
+):
+    """A resumed run loads its weights from latest.pt: initialising from data first would be
+    work thrown away."""
+    calls = []
+    real = TeacherStage.data_init
+    monkeypatch.setattr(TeacherStage, "data_init", lambda self: calls.append(1) or real(self))
+    cfg = tiny_config(tiny_audio_config, steps=2, val_every=2, save_every=2)
+    run_teacher(cfg, tiny_prepared_dir, tmp_path / "run")
+    assert len(calls) == 1
+    run_teacher(
+        tiny_config(tiny_audio_config, steps=3, val_every=2, save_every=2),
+        tiny_prepared_dir,
+        tmp_path / "run",
+    )
+    assert len(calls) == 1
+
+
 def test_data_init_fits_the_linear_predictor(tiny_prepared_dir, tiny_audio_config):
     """With a linear-prediction path the fresh teacher starts at least-squares prediction."""
     plain = tiny_config(tiny_audio_config)
@@ -216,7 +229,7 @@ def test_training_lowers_nll_and_checkpoint_loads_back(
     assert data["step"] == 24 and data["config"] == cfg
     assert data["config"].audio == tiny_audio_config
     assert {"model", "ema", "optimizer", "rng", "best", "format_version"} <= set(data)
-    raw = model_from_checkpoint(out / "latest.pt", "teacher", use_ema=False)
+    raw = Teacher.from_checkpoint(out / "latest.pt", use_ema=False)
     assert states_equal(raw.state_dict(), stage.model.state_dict())
     assert nll_per_sample(raw, batch) == after
     ema = Teacher.from_checkpoint(out / "best.pt")

@@ -7,7 +7,8 @@ from collections.abc import Callable
 
 from distill.config import Config, load_config
 from distill.training import distributed
-from distill.training.loop import Stage, seed_everything, train
+from distill.training.loop import seed_everything, train
+from distill.training.stage import Stage
 
 
 def add_training_arguments(parser: argparse.ArgumentParser, name: str, overrides: str) -> None:
@@ -37,7 +38,9 @@ def add_training_arguments(parser: argparse.ArgumentParser, name: str, overrides
         metavar="STEP",
         help="stop (after saving) at this step, keeping the full run's schedule; re-run to go on",
     )
-    parser.add_argument("--no-progress", action="store_true", help="no tqdm progress bar")
+    parser.add_argument(
+        "--no-progress", action="store_true", help="no progress bar or progress lines"
+    )
 
 
 def run_training(

@@ -2,8 +2,9 @@
 
 The exported program maps ``(mel (B, n_mels, F), noise (B, F * hop_length)) -> audio
 (B, F * hop_length)``, with the noise already scaled by the temperature; batch and frames are
-dynamic. It is checked against eager synthesis at a length other than the traced one before the
-file is written (atomically), and loads with::
+dynamic. It runs :meth:`distill.models.AudioFlow.decode`, the student's one noise-to-audio map.
+It is checked against eager synthesis at a length other than the traced one before the file is
+written (atomically), and loads with::
 
     program = torch.export.load("student.pt2").module()
     audio = program(mel, temperature * torch.randn(1, mel.shape[-1] * hop_length))
@@ -18,7 +19,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from distill.errors import CheckpointError, ConfigError
+from distill.errors import CheckpointError, ConfigError, DistillError
 from distill.fileio import atomic_output
 
 TOLERANCE = 1e-4
@@ -33,14 +34,19 @@ class ExportableStudent(nn.Module):
 
     def forward(self, mel: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         """mel (B, n_mels, F), scaled noise (B, F * hop) -> audio (B, F * hop)."""
-        ctx = self.student.upsampler.encode(mel)
-        return self.student.flow(noise, ctx)[0]
+        return self.student.decode(mel, noise)[0]
 
 
 def export_student(student, example_frames: int = 24):
     """``torch.export`` the student with dynamic batch and frames; returns the ExportedProgram."""
     from torch.export import Dim
 
+    if student.source is not None:
+        raise ConfigError(
+            "distill export does not support a student with student.harmonic_source yet (its "
+            "pulse train has data-dependent control flow that torch.export cannot trace); "
+            "synthesise with distill synthesize or the Synthesizer instead"
+        )
     hop, n_mels = student.hop_length, student.audio_config.n_mels
     module = ExportableStudent(student).eval()
     frames = Dim("frames", min=2, max=1 << 20)
@@ -65,7 +71,7 @@ def check_export(program, student, frames: int = 37, seed: int = 0) -> float:
         exported = program.module()(mel, noise)
     err = (exported - eager).abs().max().item()
     if not err <= TOLERANCE:
-        raise ConfigError(
+        raise CheckpointError(
             f"exported student differs from eager synthesis by {err:.3g} (> {TOLERANCE}); "
             "nothing was written. Please report this with the checkpoint's config."
         )
@@ -100,6 +106,8 @@ def run(args: argparse.Namespace) -> int:
             ) from err
         try:
             program = export_student(student)
+        except DistillError:
+            raise
         except Exception as err:  # torch.export failures are not user errors, but say so clearly
             raise CheckpointError(
                 f"torch.export failed for {args.checkpoint}: {type(err).__name__}: "

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from distill.errors import ConfigError, DistillError
+from distill.errors import ConfigError, DistillError, InputError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -49,30 +49,30 @@ def load_mel(path: str | Path, n_mels: int) -> np.ndarray:
     """A (n_mels, frames) float array from a .npy file, or a DistillError naming the problem."""
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"mel file {path} does not exist; check the path")
+        raise InputError(f"mel file {path} does not exist; check the path")
     try:
         mel = np.load(path, allow_pickle=False)
     except (OSError, ValueError, EOFError) as err:
-        raise ConfigError(
+        raise InputError(
             f"{path} is not a numpy .npy array ({err}); save mels with numpy.save"
         ) from err
     if mel.ndim == 3 and mel.shape[0] == 1:
         mel = mel[0]
     if mel.ndim != 2 or mel.shape[0] != n_mels:
-        raise ConfigError(
+        raise InputError(
             f"{path} has shape {mel.shape}, expected (n_mels={n_mels}, frames) from the "
             "checkpoint's feature config; compute it with distill.audio.log_mel and that config"
         )
     if not np.issubdtype(mel.dtype, np.number):
-        raise ConfigError(f"{path} holds {mel.dtype} values, expected floats")
+        raise InputError(f"{path} holds {mel.dtype} values, expected floats")
     if mel.shape[1] == 0:
-        raise ConfigError(f"{path} has zero frames")
+        raise InputError(f"{path} has zero frames")
     if not np.isfinite(mel).all():
-        raise ConfigError(f"{path} holds NaN or Inf values; recompute it from the audio")
+        raise InputError(f"{path} holds NaN or Inf values; recompute it from the audio")
     return mel.astype(np.float32)
 
 
-def check_out_dir(out_dir: Path) -> None:
+def make_writable_dir(out_dir: Path) -> None:
     """Create the folder and prove it is writable before any work is done."""
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -86,14 +86,10 @@ def check_out_dir(out_dir: Path) -> None:
         ) from err
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def run(args: argparse.Namespace) -> int:
     from distill.audio import load_audio, log_mel, save_wav
-    from distill.inference import Synthesizer
+    from distill.config import check_same_features
+    from distill.inference import Synthesizer, synchronize
 
     out_dir = Path(args.out_dir)
     if out_dir.exists() and not out_dir.is_dir():
@@ -106,10 +102,13 @@ def run(args: argparse.Namespace) -> int:
         from distill.data import PreparedCorpus
 
         corpus = PreparedCorpus(args.data)
-        corpus.check_audio_config(cfg)
-        entries = corpus.items(args.split)
-        if not entries:
-            raise ConfigError(f"split {args.split!r} of {args.data} is empty; choose another")
+        check_same_features(
+            cfg,
+            corpus.audio_config,
+            f"checkpoint {args.checkpoint}",
+            f"prepared folder {args.data}",
+        )
+        entries = corpus.nonempty_items(args.split)
         inputs = [Path(args.data) / f"{entry.id}.npy" for entry in entries]
         cached = {path: corpus.load(entry)[1] for path, entry in zip(inputs, entries)}
     else:
@@ -135,7 +134,7 @@ def run(args: argparse.Namespace) -> int:
         else:
             mel = torch.from_numpy(load_mel(path, cfg.n_mels))
         jobs.append((path, out_dir / f"{path.stem}.wav", mel))
-    check_out_dir(out_dir)
+    make_writable_dir(out_dir)
 
     total_audio = total_time = 0.0
     written: list[Path] = []
@@ -143,10 +142,10 @@ def run(args: argparse.Namespace) -> int:
         for i, (path, target, mel) in enumerate(jobs):
             if i == 0:  # warm-up (allocator, kernels) so the first time is not all start-up
                 syn.synthesize(mel[:, : min(mel.shape[1], 8)], args.temperature, seed=args.seed)
-            _sync(syn.device)
+            synchronize(syn.device)
             start = time.perf_counter()
             audio = syn.synthesize(mel, temperature=args.temperature, seed=args.seed + i)
-            _sync(syn.device)
+            synchronize(syn.device)
             took = time.perf_counter() - start
             seconds = audio.numel() / syn.sample_rate
             save_wav(target, audio.clamp(-1.0, 1.0), syn.sample_rate)

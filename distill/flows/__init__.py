@@ -1,8 +1,20 @@
 """Density math, independent of audio: MADE, causal WaveNet, affine AR layers, stacks."""
 
-from distill.flows.autoregressive import AffineAutoregressive, bound_log_scale
+from distill.flows.autoregressive import (
+    LOG_SCALE_KNEE,
+    LOG_SCALE_MAX,
+    AffineAutoregressive,
+    bound_log_scale,
+)
 from distill.flows.made import MADE
-from distill.flows.stacks import IAF, MAF, FlowStack, Reverse, standard_normal_log_prob
+from distill.flows.stacks import (
+    IAF,
+    MAF,
+    FlowStack,
+    Reverse,
+    gaussian_log_prob,
+    standard_normal_log_prob,
+)
 from distill.flows.wavenet import CausalWaveNet
 
 __all__ = [
@@ -10,9 +22,12 @@ __all__ = [
     "CausalWaveNet",
     "AffineAutoregressive",
     "bound_log_scale",
+    "LOG_SCALE_MAX",
+    "LOG_SCALE_KNEE",
     "FlowStack",
     "Reverse",
     "MAF",
     "IAF",
     "standard_normal_log_prob",
+    "gaussian_log_prob",
 ]

@@ -18,15 +18,34 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["AffineAutoregressive", "bound_log_scale"]
+from distill.precision import at_least_float32
+
+__all__ = ["AffineAutoregressive", "bound_log_scale", "LOG_SCALE_MAX", "LOG_SCALE_KNEE"]
+
+LOG_SCALE_MAX = 12.0
+"""Upper bound on every layer's log-scale. With it, K layers scale their input by at most
+``e^(12 K)`` (a 6-flow student: ``e^72``, inside float32), where an unbounded log-scale let wild
+weights overflow samples to inf."""
+
+LOG_SCALE_KNEE = 6.0
+"""Below this the upper bound is the identity. Training never comes near it (audio flows sit
+between about -10 and 2, vector flows within a few units of 0), so it changes no number of a
+trained model; it only catches wild weights."""
 
 
 def bound_log_scale(raw: torch.Tensor, minimum: float) -> torch.Tensor:
-    """Smooth lower bound ``minimum + softplus(raw - minimum)``: ~identity above, never below.
+    """Smooth bounds on both sides of a layer's log-scale.
 
-    A hard clamp would cut the gradient of any step that hits it; this keeps it flowing.
+    Below: ``a = minimum + softplus(raw - minimum)``, ~the identity well above ``minimum``.
+    Above: ``a`` itself up to :data:`LOG_SCALE_KNEE`, then ``knee + w tanh((a - knee) / w)``
+    with ``w = LOG_SCALE_MAX - knee``, which meets the identity with equal first and second
+    derivatives and approaches :data:`LOG_SCALE_MAX` without reaching it. Neither is a clamp,
+    so a step near a bound keeps its gradient.
     """
-    return minimum + F.softplus(raw - minimum)
+    a = minimum + F.softplus(raw - minimum)
+    width = LOG_SCALE_MAX - LOG_SCALE_KNEE
+    above = LOG_SCALE_KNEE + width * torch.tanh((a - LOG_SCALE_KNEE) / width)
+    return torch.where(a > LOG_SCALE_KNEE, above, a)
 
 
 class AffineAutoregressive(nn.Module):
@@ -112,6 +131,4 @@ class AffineAutoregressive(nn.Module):
 
 def _sum_events(log_scale: torch.Tensor) -> torch.Tensor:
     """Sum over the event axis, never in half precision."""
-    if log_scale.dtype in (torch.float16, torch.bfloat16):
-        log_scale = log_scale.float()
-    return log_scale.sum(dim=-1)
+    return at_least_float32(log_scale).sum(dim=-1)

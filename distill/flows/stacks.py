@@ -21,17 +21,34 @@ from torch import nn
 from distill.errors import ConfigError
 from distill.flows.autoregressive import AffineAutoregressive
 from distill.flows.made import MADE
+from distill.precision import at_least_float32
 
-__all__ = ["Reverse", "FlowStack", "MAF", "IAF", "standard_normal_log_prob"]
+__all__ = [
+    "Reverse",
+    "FlowStack",
+    "MAF",
+    "IAF",
+    "standard_normal_log_prob",
+    "gaussian_log_prob",
+]
 
 _LOG_2PI = math.log(2 * math.pi)
 
 
 def standard_normal_log_prob(z: torch.Tensor) -> torch.Tensor:
     """log N(z; 0, I) summed over the event axis: (B, D) -> (B,), in float32 or wider."""
-    if z.dtype in (torch.float16, torch.bfloat16):
-        z = z.float()
-    return -0.5 * (z.pow(2) + _LOG_2PI).sum(dim=-1)
+    return -0.5 * (at_least_float32(z).pow(2) + _LOG_2PI).sum(dim=-1)
+
+
+def gaussian_log_prob(x: torch.Tensor, mean: torch.Tensor, log_scale: torch.Tensor) -> torch.Tensor:
+    """``log N(x; mean, diag(e^{2 log_scale}))`` summed over the event axis, float32 or wider.
+
+    All (..., D) -> (...,). The residual ``(x - mean) / sigma`` is formed in the wide dtype: under
+    bf16 the shift is compared with the sample on the scale of sigma, often 1/100 of the signal.
+    """
+    x, mean, log_scale = map(at_least_float32, (x, mean, log_scale))
+    residual = (x - mean) * torch.exp(-log_scale)
+    return -0.5 * (residual.pow(2) + _LOG_2PI).sum(-1) - log_scale.sum(-1)
 
 
 class Reverse(nn.Module):
@@ -53,7 +70,7 @@ class FlowStack(nn.Module):
 
     def forward(self, z: torch.Tensor, context: torch.Tensor, naive: bool = False):
         """z: (B, D) -> x: (B, D), log|det dx/dz|: (B,)."""
-        log_det = z.new_zeros(z.shape[0], dtype=_wide(z.dtype))
+        log_det = at_least_float32(z.new_zeros(z.shape[0]))
         for layer in self.layers:
             z, ld = layer(z, context, naive=naive)
             log_det = log_det + ld
@@ -61,7 +78,7 @@ class FlowStack(nn.Module):
 
     def inverse(self, x: torch.Tensor, context: torch.Tensor, naive: bool = False):
         """x: (B, D) -> z: (B, D), log|det dz/dx|: (B,)."""
-        log_det = x.new_zeros(x.shape[0], dtype=_wide(x.dtype))
+        log_det = at_least_float32(x.new_zeros(x.shape[0]))
         for layer in reversed(self.layers):
             x, ld = layer.inverse(x, context, naive=naive)
             log_det = log_det + ld
@@ -130,7 +147,7 @@ class FlowStack(nn.Module):
             params.append((shift, log_scale))
             h = h * torch.exp(log_scale) + shift
         mean, log_scale = _fold(params)
-        log_prob = standard_normal_log_prob(noise) - log_scale.to(_wide(log_scale.dtype)).sum(-1)
+        log_prob = standard_normal_log_prob(noise) - at_least_float32(log_scale).sum(-1)
         return h, log_prob, mean, log_scale
 
 
@@ -144,10 +161,6 @@ def _fold(params) -> tuple[torch.Tensor, torch.Tensor]:
             mean = mean * torch.exp(a) + shift
             log_scale = log_scale + a
     return mean, log_scale
-
-
-def _wide(dtype: torch.dtype) -> torch.dtype:
-    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
 
 
 class _VectorFlow(nn.Module):
@@ -175,21 +188,36 @@ class _VectorFlow(nn.Module):
             layers.append(AffineAutoregressive(made, self.mode, log_scale_min))
         self.flow = FlowStack(layers)
 
+    def noise_shape(self, context: torch.Tensor) -> tuple[int, int]:
+        """Shape of the base noise for one sample per context row: (B, D)."""
+        return context.shape[0], self.features
+
+    def _noise(self, context: torch.Tensor, noise: torch.Tensor | None) -> torch.Tensor:
+        if noise is None:
+            noise = torch.randn(
+                self.noise_shape(context), dtype=context.dtype, device=context.device
+            )
+        return noise
+
     def log_prob(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
         """x: (B, D), context: (B, C) -> (B,)."""
         return self.flow.log_prob(x, context)
 
     def sample_with_log_prob(self, context: torch.Tensor, noise: torch.Tensor | None = None):
         """One sample per context row: (x (B, D), log_prob (B,))."""
-        if noise is None:
-            noise = torch.randn(
-                context.shape[0], self.features, dtype=context.dtype, device=context.device
-            )
-        return self.flow.sample_with_log_prob(noise, context)
+        return self.flow.sample_with_log_prob(self._noise(context, noise), context)
 
     def sample(self, context: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
         """One sample per context row: (B, D)."""
         return self.sample_with_log_prob(context, noise)[0]
+
+    def gaussian_conditionals(self, x: torch.Tensor, context: torch.Tensor):
+        """MAF without permutations: per-step ``mu, log_sigma`` (B, D) of ``p(x_i | x_{<i})``."""
+        return self.flow.gaussian_conditionals(x, context)
+
+    def sample_with_conditionals(self, context: torch.Tensor, noise: torch.Tensor | None = None):
+        """IAF without permutations: x, log_prob (B,), per-step mean and log-scale (B, D)."""
+        return self.flow.sample_with_conditionals(self._noise(context, noise), context)
 
 
 class MAF(_VectorFlow):

@@ -34,7 +34,6 @@ import torch.nn.functional as F
 __all__ = ["enabled", "run", "start", "step", "derived_weights"]
 
 _SQRT_HALF = math.sqrt(0.5)
-_BATCHED_ON_CPU = False  # tests set it to check the batched (GPU) layout on CPU
 
 
 def enabled() -> bool:
@@ -66,18 +65,23 @@ def derived_weights(net) -> Derived:
     return net._derived[1]
 
 
-def run(net, u, frames=None, c=None):
-    """One pass without autograd; conditioning at the frame rate (frames) or sample rate (c)."""
+def run(net, u, frames=None, c=None, batched: bool | None = None):
+    """One pass without autograd; conditioning at the frame rate (frames) or sample rate (c).
+
+    ``batched``: batched products over all items (the GPU layout) or 2-D products one item at a
+    time (faster on CPU); None picks by device.
+    """
     batch, length = u.shape
     cpu = u.device.type == "cpu"
-    flat = cpu and not _BATCHED_ON_CPU  # 2-D products, one item at a time
-    if flat and batch > 1:  # 2-D products per item beat batched ones on CPU
+    flat = cpu if batched is None else not batched
+    if flat and batch > 1:
         outs = [
             run(
                 net,
                 u[b : b + 1],
                 None if frames is None else frames[b : b + 1],
                 None if c is None else c[b : b + 1],
+                batched=False,
             )
             for b in range(batch)
         ]

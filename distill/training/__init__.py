@@ -1,20 +1,14 @@
-"""Training: the loop both stages share (:mod:`.loop`), torchrun/DDP set-up
-(:mod:`.distributed`) and one small file per stage (:mod:`.teacher`, ...).
+"""Training: what a stage is (:mod:`.stage`), the loop both stages share (:mod:`.loop`) with
+its checkpoints (:mod:`.checkpoints`) and logs (:mod:`.logs`), torchrun/DDP set-up
+(:mod:`.distributed`), and one small file per stage (:mod:`.teacher`, :mod:`.student`).
 
 Stage modules are not imported here, so ``import distill.training`` stays light.
 """
 
+from distill.training.checkpoints import RESUME_FREE_KEYS, checkpoint_to_resume
 from distill.training.distributed import DistContext, ShardedBatches, cleanup, setup
-from distill.training.loop import (
-    RESUME_FREE_KEYS,
-    Stage,
-    TrainingDiverged,
-    TrainResult,
-    check_out_dir,
-    lr_at,
-    seed_everything,
-    train,
-)
+from distill.training.loop import TrainingDiverged, lr_at, seed_everything, train
+from distill.training.stage import Stage, TrainResult
 
 __all__ = [
     "RESUME_FREE_KEYS",
@@ -23,7 +17,7 @@ __all__ = [
     "Stage",
     "TrainResult",
     "TrainingDiverged",
-    "check_out_dir",
+    "checkpoint_to_resume",
     "cleanup",
     "lr_at",
     "seed_everything",

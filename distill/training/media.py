@@ -10,7 +10,17 @@ import torch
 from distill.audio import log_mel
 from distill.config import AudioConfig
 
-__all__ = ["log_generated_vs_real", "mel_image"]
+__all__ = ["media_excerpt", "log_generated_vs_real", "mel_image"]
+
+
+def media_excerpt(
+    audio: torch.Tensor, mel: torch.Tensor, seconds: float, cfg: AudioConfig
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first ``seconds`` (at least one frame) of a clip, audio (T,) and mel (n_mels, F):
+    what a stage generates again for TensorBoard after each validation."""
+    frames = max(1, round(seconds * cfg.sample_rate / cfg.hop_length))
+    frames = min(frames, mel.shape[-1])
+    return audio[: frames * cfg.hop_length], mel[:, :frames]
 
 
 def log_generated_vs_real(

@@ -30,7 +30,6 @@ Media after each validation: a student sample next to the real clip, and their m
 from __future__ import annotations
 
 import dataclasses
-import math
 from pathlib import Path
 from typing import Any
 
@@ -38,27 +37,28 @@ import torch
 from torch import nn
 
 from distill.audio import QUANT_STEP
-from distill.checkpoint import check_audio_config, load_checkpoint, model_from_checkpoint
-from distill.config import Config
+from distill.checkpoint import load_checkpoint
+from distill.config import AudioConfig, Config, check_same_features
 from distill.data import PreparedCorpus, SegmentDataset
-from distill.errors import CheckpointError, ConfigError, DataError
+from distill.errors import CheckpointError, ConfigError
 from distill.losses import DistillationLoss, check_estimator
 from distill.metrics import nll_bits_per_sample
 from distill.models import Student, Teacher
 from distill.pitch import fit_predictor
-from distill.training.loop import Stage, TrainResult
-from distill.training.media import log_generated_vs_real
+from distill.training.media import log_generated_vs_real, media_excerpt
+from distill.training.stage import Stage, TrainResult, training_corpus
 
 __all__ = ["DistillObjective", "StudentStage", "init_student", "load_frozen_teacher"]
 
-_LN2 = math.log(2.0)
 
+def load_frozen_teacher(
+    path: str | Path, audio_config: AudioConfig, what: str
+) -> tuple[Teacher, dict]:
+    """The teacher of a checkpoint (EMA weights), frozen, and the checkpoint's data: the file
+    is read once.
 
-def load_frozen_teacher(path: str | Path, audio_config=None, what: str = "the student config"):
-    """Teacher from its checkpoint alone (EMA weights), frozen; its checkpoint data too.
-
-    A missing file, a student checkpoint, or a feature config other than ``audio_config`` is a
-    :class:`~distill.errors.CheckpointError` naming both values.
+    A missing file or a student checkpoint is a CheckpointError, a feature config other than
+    ``audio_config`` (from ``what``) a ConfigError naming both values.
     """
     if not Path(path).is_file():
         raise CheckpointError(
@@ -66,10 +66,9 @@ def load_frozen_teacher(path: str | Path, audio_config=None, what: str = "the st
             "(bash recipes/train_teacher.sh) or pass --teacher with the path of its best.pt"
         )
     data = load_checkpoint(path, "teacher")
-    if audio_config is not None:
-        check_audio_config(data["config"].audio, audio_config, f"teacher checkpoint {path}", what)
-    teacher = model_from_checkpoint(path, "teacher")
-    return teacher.eval().requires_grad_(False), data
+    check_same_features(data["config"].audio, audio_config, f"teacher checkpoint {path}", what)
+    teacher = Teacher.from_checkpoint(path, data=data)
+    return teacher.requires_grad_(False), data
 
 
 def init_student(config: Config, teacher: Teacher) -> Student:
@@ -124,7 +123,7 @@ class DistillObjective(nn.Module):
             out["loss/pitch"] = pitch.detach()
             out.update(metrics)
         nll = out.pop("teacher/nll_per_sample")
-        out["teacher/bits_per_sample_student"] = nll / _LN2 + 15.0
+        out["teacher/bits_per_sample_student"] = nll_bits_per_sample(-nll, 1)
         return out
 
 
@@ -141,19 +140,9 @@ class StudentStage(Stage):
         frozen, tdata = load_frozen_teacher(
             self.teacher_path, config.audio, "the student config (--config and overrides)"
         )
-        self.corpus = data if isinstance(data, PreparedCorpus) else PreparedCorpus(data)
-        check_audio_config(
-            tdata["config"].audio,
-            self.corpus.audio_config,
-            f"teacher checkpoint {self.teacher_path}",
-            f"prepared folder {self.corpus.root}",
+        self.corpus = training_corpus(
+            data, tdata["config"].audio, f"teacher checkpoint {self.teacher_path}"
         )
-        for split in ("train", "val"):
-            if not self.corpus.items(split):
-                raise DataError(
-                    f"the {split} split of {self.corpus.root} is empty; re-run distill prepare "
-                    "with more audio (or another --val-fraction)"
-                )
         # The student's checkpoint carries the teacher's section, for the record.
         config = dataclasses.replace(config, teacher=tdata["config"].teacher)
         super().__init__(config, config.student_training)
@@ -248,7 +237,7 @@ class StudentStage(Stage):
             total_t += t
         val = {f"val/{k}": v / total_t for k, v in sums.items()}
         nll = val.pop("val/teacher_nll")
-        val["val/teacher_bits_per_sample_student"] = nll / _LN2 + 15.0
+        val["val/teacher_bits_per_sample_student"] = nll_bits_per_sample(-nll, 1)
         val["val/teacher_bits_per_sample_real"] = self.real_bits()
         c = self.config.distill
         val["val/objective"] = (
@@ -261,14 +250,11 @@ class StudentStage(Stage):
     def log_media(self, writer, ema_model: nn.Module, step: int) -> None:
         cfg, tc = self.config.audio, self.training
         audio, noise, mel = self.validation_clips()[0]
-        frames = max(1, round(tc.audio_sample_seconds * cfg.sample_rate / cfg.hop_length))
-        frames = min(frames, mel.shape[-1])
-        samples = frames * cfg.hop_length
-        mel, real, noise = mel[:, :frames], audio[:samples], noise[:samples]
-        fake, _ = ema_model.sample(
+        real, mel = media_excerpt(audio, mel, tc.audio_sample_seconds, cfg)
+        fake = ema_model.sample(
             mel[None].to(self.device),
+            noise=noise[None, : real.numel()].to(self.device),
             temperature=self.config.distill.temperature,
-            noise=noise[None].to(self.device),
         )
         log_generated_vs_real(writer, "student", fake[0], real, mel, cfg, step)
 

@@ -28,16 +28,14 @@ from torch import nn
 from distill.audio import QUANT_STEP
 from distill.config import Config
 from distill.data import PreparedCorpus, SegmentDataset
-from distill.errors import DataError
+from distill.flows import gaussian_log_prob
 from distill.flows.linear_prediction import LinearPredictive
 from distill.metrics import flac_bits_per_sample, nll_bits_per_sample, prediction_gain_db
 from distill.models import Teacher
-from distill.training.loop import Stage, TrainResult
-from distill.training.media import log_generated_vs_real
+from distill.training.media import log_generated_vs_real, media_excerpt
+from distill.training.stage import Stage, TrainResult, training_corpus
 
 __all__ = ["TeacherStage", "TeacherLikelihood"]
-
-_LOG_2PI = math.log(2 * math.pi)
 
 
 class TeacherLikelihood(nn.Module):
@@ -52,11 +50,9 @@ class TeacherLikelihood(nn.Module):
         for statistics (detached, float32, (B, T)): per-step log sigma and the residual
         ``audio - mu`` of the one-step prediction."""
         mu, log_sigma = self.teacher.gaussian_conditionals(audio, mel)
-        mu, log_sigma = mu.float(), log_sigma.float()
-        residual = audio.float() - mu
-        log_prob = -0.5 * ((residual * torch.exp(-log_sigma)).pow(2) + _LOG_2PI).sum(-1)
-        log_prob = log_prob - log_sigma.sum(-1)
-        return log_prob, log_sigma.detach(), residual.detach()
+        log_prob = gaussian_log_prob(audio, mu, log_sigma)
+        residual = (audio.float() - mu.float()).detach()
+        return log_prob, log_sigma.detach().float(), residual
 
 
 class TeacherStage(Stage):
@@ -69,14 +65,7 @@ class TeacherStage(Stage):
 
     def __init__(self, config: Config, data: str | Path | PreparedCorpus):
         super().__init__(config, config.teacher_training)
-        self.corpus = data if isinstance(data, PreparedCorpus) else PreparedCorpus(data)
-        self.corpus.check_audio_config(config.audio)
-        for split in ("train", "val"):
-            if not self.corpus.items(split):
-                raise DataError(
-                    f"the {split} split of {self.corpus.root} is empty; re-run distill prepare "
-                    "with more audio (or another --val-fraction)"
-                )
+        self.corpus = training_corpus(data, config.audio, "the config (--config and overrides)")
         self.model = Teacher(config)
         self._likelihood = TeacherLikelihood(self.model)
         self._val_clips: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] | None = None
@@ -84,8 +73,8 @@ class TeacherStage(Stage):
 
     # --- training -----------------------------------------------------------------------------
 
-    def setup(self, device: torch.device) -> None:
-        super().setup(device)
+    def fresh_start(self) -> None:
+        """The data-dependent initialisation (a resumed run loads its weights instead)."""
         self.data_init()
 
     @torch.no_grad()
@@ -191,10 +180,7 @@ class TeacherStage(Stage):
     def log_media(self, writer, ema_model: nn.Module, step: int) -> None:
         cfg, tc = self.config.audio, self.training
         audio, _, mel = self.validation_clips()[0]
-        frames = max(1, round(tc.audio_sample_seconds * cfg.sample_rate / cfg.hop_length))
-        frames = min(frames, mel.shape[-1])
-        mel = mel[:, :frames]
-        real = audio[: frames * cfg.hop_length]
+        real, mel = media_excerpt(audio, mel, tc.audio_sample_seconds, cfg)
         gen = torch.Generator().manual_seed(tc.seed + 1)
         noise = torch.randn(1, real.numel(), generator=gen).to(self.device)
         fake = ema_model.sample(mel[None].to(self.device), noise=noise)[0]
