@@ -182,15 +182,27 @@ class WaveNetConfig:
 
 @dataclass(frozen=True)
 class FlowModelConfig:
-    """What the teacher and the student both set: mel upsampler, linear prediction, floor."""
+    """What the teacher and the student both set: mel upsampler, source-filter prediction,
+    floor."""
 
     linear_prediction_order: int = _number(0, min=0)  # mel-conditioned linear prediction; 0: off
+    # the long-term (pitch) predictor's half width J (2J + 1 taps a period back); 0: off. It
+    # reads the pitch predicted from the mel, and needs linear prediction (it predicts the LP
+    # residual)
+    long_term_taps: int = _number(0, min=0, max=16)
     upsampler_channels: int = _number(80, min=1)
     upsampler_kernel: int = _number(5, min=1)
     log_scale_min: float = _number(-7.0, below=0)  # each flow's log-scale floor
 
     def __post_init__(self):
         _check_fields(self)
+        if self.long_term_taps and not self.linear_prediction_order:
+            raise _Invalid(
+                type(self).__name__,
+                "long_term_taps",
+                "needs linear_prediction_order > 0 (it predicts the linear-prediction "
+                f"residual), found long_term_taps={self.long_term_taps} with order 0",
+            )
         if self.upsampler_kernel % 2 == 0:
             raise _Invalid(
                 type(self).__name__,
@@ -253,6 +265,10 @@ class TrainingConfig:
     num_workers: int = _number(0, min=0)
     max_bad_steps: int = _number(10, min=1)  # non-finite steps in a row before the run stops
     audio_sample_seconds: float = _number(0.25, above=0)  # audio logged to TensorBoard
+    # the pitch predictor, where this stage trains one (the teacher's; a student's when its
+    # teacher has none): its supervised loss against YIN, and its start on whole clips
+    pitch_weight: float = _number(1.0, min=0)
+    pitch_init_steps: int = _number(300, min=0)
 
     def __post_init__(self):
         _check_fields(self)
@@ -267,8 +283,6 @@ class DistillLossConfig:
     log_sigma_reg: float = _number(4.0, min=0)  # ClariNet's lambda on (log sigma - log S)^2
     stft_weight: float = _number(1.0, min=0)
     power_weight: float = _number(0.0, min=0)
-    pitch_weight: float = _number(1.0, min=0)  # supervised F0/voicing loss of the harmonic source
-    pitch_init_steps: int = _number(300, min=0)  # its predictor's supervised start (fresh runs)
     stft_resolutions: tuple[tuple[int, int, int], ...] = _number(
         ((512, 128, 512), (1024, 256, 1024), (2048, 512, 2048)), min=1
     )  # (n_fft, hop_length, win_length)

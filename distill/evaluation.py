@@ -27,8 +27,8 @@ On the clips of a prepared split (whole utterances, not training segments):
 - **Speed**: the student's real-time factor on the device used.
 
 Per-step teacher densities are computed from its Gaussian conditionals in chunks of mel frames
-with enough overlapping context (receptive field + upsampler reach) to be exact, so a long file
-never has to pass through the network in one piece.
+with enough overlapping context (receptive field + the mel reach of the conditioning) to be
+exact, so a long file never has to pass through the network in one piece.
 """
 
 from __future__ import annotations
@@ -101,7 +101,7 @@ def teacher_conditionals(
 
     audio: (T,), mel: (n_mels, F) with T = F * hop -> mu (T,), log_sigma (T,).
     Each chunk of ``chunk_frames`` frames is run with the teacher's receptive field of past
-    audio and the upsampler's reach of mel frames on both sides, so the result equals one pass
+    audio and the conditioning's reach of mel frames on both sides, so the result equals one pass
     over the whole clip.
     """
     hop = teacher.hop_length
@@ -109,7 +109,7 @@ def teacher_conditionals(
     if chunk_frames is None or frames <= chunk_frames:
         mu, log_sigma = teacher.gaussian_conditionals(audio[None], mel[None])
         return mu[0], log_sigma[0]
-    reach = teacher.upsampler.reach + 1  # the interpolation also reads the neighbouring frame
+    reach = teacher.mel_reach + 1  # the interpolation also reads the neighbouring frame
     left = math.ceil(teacher.receptive_field / hop) + reach
     mus, log_sigmas = [], []
     for a in range(0, frames, chunk_frames):

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 
 from distill.config import AudioConfig
 from distill.errors import AudioError, ConfigError, InputError
+from distill.flows.linear_prediction import AudioContext
 from distill.models import Student
 
 __all__ = [
@@ -311,8 +312,7 @@ class Synthesizer:
         hop = self.hop_length
         student = self.student
         layers = list(student.flow.layers)
-        up = student.upsampler
-        mel_context = up.reach
+        mel_context = student.mel_reach
         history = [math.ceil(layer.conditioner.receptive_field / hop) + 1 for layer in layers]
         inputs: list[torch.Tensor | None] = [None] * len(layers)  # past inputs of each flow
         noise = _NoiseStream(seed, batch, self.device)
@@ -322,14 +322,16 @@ class Synthesizer:
             c0 = max(0, f0 - max(history))
             m0, m1 = max(0, c0 - mel_context), min(total, w1 + mel_context)
             with torch.inference_mode():
-                ctx = up.encode(mel[:, :, m0:m1])[:, :, c0 - m0 : w1 - m0]  # frames [c0, w1)
+                # what the layers read for frames [c0, w1), from the mel with its reach
+                context, _ = student.conditioning(mel[:, :, m0:m1])
                 u = noise.take(f0 * hop, f1 * hop).to(self.dtype) * temperature
                 pad = u.new_zeros(batch, (w1 - f1) * hop)
                 for k, layer in enumerate(layers):
                     w0 = max(0, f0 - history[k])
                     past = inputs[k] if inputs[k] is not None else u.new_zeros(batch, 0)
                     window = torch.cat([past, u, pad], dim=1)  # frames [w0, w1)
-                    shift, log_scale = layer.params(window, ctx[:, :, w0 - c0 : w1 - c0])
+                    ctx = _frames_of(context, w0 - m0, w1 - m0, hop)
+                    shift, log_scale = layer.params(window, ctx)
                     lo, hi = (f0 - w0) * hop, (f1 - w0) * hop
                     x = u * torch.exp(log_scale[:, lo:hi]) + shift[:, lo:hi]
                     inputs[k] = torch.cat([past, u], dim=1)[:, -history[k] * hop :]
@@ -448,6 +450,13 @@ class Synthesizer:
         if not torch.isfinite(x).all():
             raise InputError(f"{name} holds NaN or Inf values; recompute it from the audio")
         return x.to(device=self.device, dtype=self.dtype)
+
+
+def _frames_of(context, a: int, b: int, hop: int):
+    """Frames ``[a, b)`` of a layer context: the features, and the lags of their samples."""
+    if isinstance(context, AudioContext):
+        return AudioContext(context.features[:, :, a:b], context.lags[:, a * hop : b * hop])
+    return context[:, :, a:b]
 
 
 def _ndim(mel) -> int:

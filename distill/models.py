@@ -27,8 +27,8 @@ from distill.checkpoint import load_checkpoint
 from distill.config import AudioConfig, Config, FlowModelConfig, WaveNetConfig
 from distill.errors import CheckpointError, InputError
 from distill.flows import AffineAutoregressive, CausalWaveNet, FlowStack, standard_normal_log_prob
-from distill.flows.linear_prediction import LinearPredictive
-from distill.pitch import HarmonicSource
+from distill.flows.linear_prediction import AudioContext, LinearPredictive
+from distill.pitch import HarmonicSource, PitchPredictor, lag_range, pitch_lags
 
 __all__ = ["MelUpsampler", "AudioFlow", "Teacher", "Student", "check_mel"]
 
@@ -80,6 +80,10 @@ def check_mel(mel: torch.Tensor, audio_config: AudioConfig, name: str = "mel") -
         raise InputError(f"{name} holds NaN or Inf values; recompute it from the audio")
 
 
+def _features(context) -> torch.Tensor:
+    return context.features if isinstance(context, AudioContext) else context
+
+
 def _wavenet(cfg: WaveNetConfig, cond_channels: int) -> CausalWaveNet:
     return CausalWaveNet(
         cond_channels,
@@ -118,11 +122,17 @@ class AudioFlow(nn.Module):
         )
         conditioners = [_wavenet(w, channels) for w in wavenets]
         if section.linear_prediction_order:
-            order = section.linear_prediction_order
-            conditioners = [LinearPredictive(c, channels, order) for c in conditioners]
+            order, taps = section.linear_prediction_order, section.long_term_taps
+            longest = lag_range(config.audio)[1]
+            conditioners = [
+                LinearPredictive(c, channels, order, taps, longest) for c in conditioners
+            ]
         layers = [AffineAutoregressive(c, mode, section.log_scale_min) for c in conditioners]
         self.flow = FlowStack(layers)
-        self.source: nn.Module | None = None  # a base mean from the mel (the student's option)
+        self.long_term = section.long_term_taps > 0
+        # pitch from the mel: the long-term predictor's lags, the student's excitation
+        self.pitch: PitchPredictor | None = None
+        self.source: HarmonicSource | None = None  # a base mean (the student's option)
 
     @classmethod
     def from_checkpoint(
@@ -147,6 +157,13 @@ class AudioFlow(nn.Module):
         return self.audio_config.hop_length
 
     @property
+    def mel_reach(self) -> int:
+        """Mel frames on each side that the conditioning of one frame reads (features, pitch,
+        excitation gain); the sample-rate interpolation then also reads the next frame."""
+        parts = [self.upsampler, self.pitch, self.source]
+        return max(p.reach for p in parts if p is not None)
+
+    @property
     def receptive_field(self) -> int:
         """Past samples one output sample depends on, through all layers of the stack."""
         return sum(layer.conditioner.receptive_field for layer in self.flow.layers)
@@ -158,29 +175,42 @@ class AudioFlow(nn.Module):
     # --- the one map from noise to audio (no input checks: traceable by torch.export) --------
 
     def conditioning(self, mel: torch.Tensor, frames: list[int] | None = None):
-        """mel (B, n_mels, F) -> frame-rate features (B, C, F) for every layer, and the base
+        """mel (B, n_mels, F) -> what every layer is conditioned on, and the base
         distribution's mean (B, F * hop), or None for a zero mean.
 
+        The layers get the frame-rate features (B, C, F), or with a long-term predictor an
+        :class:`~distill.flows.linear_prediction.AudioContext` of the features and the pitch
+        lag of every sample, both read from the mel.
+
         ``frames``: a ragged batch, item ``b`` being ``mel[b, :, :frames[b]]`` followed by
-        padding. Each item is then encoded alone, its features edge-padded (what the layers'
-        interpolation clamping sees at its end) and its base mean zero-padded: the flows are
-        causal, so an item's samples equal those of decoding it alone.
+        padding. Each item is then read alone, its features edge-padded (what the layers'
+        interpolation clamping sees at its end), its lags and base mean zero-padded: the flows
+        are causal, so an item's samples equal those of decoding it alone.
         """
         if frames is None:
-            mean = None if self.source is None else self.source(mel)
-            return self.upsampler.encode(mel), mean
+            return self._conditioning(mel)
         longest, hop = mel.shape[-1], self.hop_length
-        items = [mel[b : b + 1, :, :f] for b, f in enumerate(frames)]
-        context = torch.cat(
-            [
-                F.pad(self.upsampler.encode(m), (0, longest - m.shape[-1]), "replicate")
-                for m in items
-            ]
-        )
+        parts = [self._conditioning(mel[b : b + 1, :, :f]) for b, f in enumerate(frames)]
+        pad = [longest - f for f in frames]
+        features = [F.pad(_features(c), (0, p), "replicate") for (c, _), p in zip(parts, pad)]
+        context = torch.cat(features)
+        if self.long_term:
+            lags = torch.cat([F.pad(c.lags, (0, p * hop)) for (c, _), p in zip(parts, pad)])
+            context = AudioContext(context, lags)
         if self.source is None:
             return context, None
-        mean = [F.pad(self.source(m), (0, (longest - m.shape[-1]) * hop)) for m in items]
-        return context, torch.cat(mean)
+        return context, torch.cat([F.pad(m, (0, p * hop)) for (_, m), p in zip(parts, pad)])
+
+    def _conditioning(self, mel: torch.Tensor):
+        features = self.upsampler.encode(mel)
+        if self.pitch is None:
+            return features, None
+        f0, voiced = self.pitch.track(mel)
+        context = features
+        if self.long_term:
+            context = AudioContext(features, pitch_lags(f0, voiced, self.audio_config))
+        mean = None if self.source is None else self.source(mel, f0, voiced)
+        return context, mean
 
     def decode(
         self,
@@ -274,20 +304,27 @@ class AudioFlow(nn.Module):
 
 
 class Teacher(AudioFlow):
-    """Conditional MAF over the waveform: exact likelihood in one parallel pass per layer."""
+    """Conditional MAF over the waveform: exact likelihood in one parallel pass per layer.
+
+    With ``teacher.long_term_taps`` it owns the pitch predictor its long-term predictor reads
+    (trained in stage one against YIN; the student copies it)."""
 
     kind = "teacher"
 
     def __init__(self, config: Config):
         t = config.teacher
         super().__init__(config, t, (t.wavenet,) * t.num_flows, "maf")
+        if self.long_term:
+            self.pitch = PitchPredictor(config.audio)
 
 
 class Student(AudioFlow):
     """Conditional IAF over the waveform: a whole clip from noise in one parallel pass.
 
     With ``student.harmonic_source`` the base is ``N(source(mel), I)``: a pulse train at the
-    F0 predicted from the mel (:mod:`distill.pitch`); without it ``N(0, I)``.
+    F0 predicted from the mel (:mod:`distill.pitch`); without it ``N(0, I)``. Its pitch
+    predictor (for the source and the long-term predictor's lags) is the teacher's, copied and
+    frozen when the teacher has one, so the two models read the same lags from a mel.
     """
 
     kind = "student"
@@ -295,5 +332,7 @@ class Student(AudioFlow):
     def __init__(self, config: Config):
         s = config.student
         super().__init__(config, s, s.flows, "iaf")
+        if s.harmonic_source or self.long_term:
+            self.pitch = PitchPredictor(config.audio)
         if s.harmonic_source:
             self.source = HarmonicSource(config.audio)

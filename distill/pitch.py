@@ -1,19 +1,25 @@
-"""Pitch for the student: a harmonic excitation predicted from the mel alone.
+"""Pitch from the mel alone: the predictor, the lags of the long-term predictor, the student's
+harmonic excitation.
 
-An IAF student fed white noise must learn to build a pulse train at the voice's pitch out of
-its flows, and on a CPU budget it never does: its samples have the right loudness and formants
-but no harmonics, which PESQ punishes (white noise at the true loudness scores PESQ 1.0; a
-harmonic source at the true F0 shaped only by the mel's envelope scores 2.0 on the same clips).
-Neural source-filter vocoders (NSF, Wang et al. 2019) give the network the pulse train instead.
-Here it is the mean of the student's base distribution, ``z ~ N(source(mel), I)``, so the flows
-filter an excitation exactly as a source-filter vocoder does, and every log-determinant and the
+Both models read pitch from the mel through one :class:`PitchPredictor`: the teacher trains it
+(stage one, supervised by :func:`yin` on the real audio) and the student copies it frozen, so
+the two always agree on it. What they read from it:
+
+- :func:`pitch_lags`: the pitch period of every sample, the lag of the flows' long-term
+  predictor (:mod:`distill.flows.linear_prediction`), 0 where unvoiced;
+- :class:`HarmonicSource` (the student's option): a band-limited pulse train at that pitch.
+
+The harmonic source, in short: an IAF student fed white noise must learn to build a pulse
+train at the voice's pitch out of its flows, and on a CPU budget it never does. Neural
+source-filter vocoders (NSF, Wang et al. 2019) give the network the pulse train instead. Here
+it is the mean of the student's base distribution, ``z ~ N(source(mel), I)``, so the flows
+filter an excitation as a source-filter vocoder does, and every log-determinant and the
 autoregressive property are untouched (the shift depends on the mel only).
 
-The F0 comes from :class:`PitchPredictor`, a small convolution over the mel, so synthesis needs
-the mel and nothing else (the comparison with Griffin-Lim stays fair). It is trained with a
-supervised loss against :func:`yin`, run on the training segments' audio. The mel's own
-harmonics are too coarse to read F0 from directly: mel filters are ~75 Hz wide below 1 kHz,
-and a low male voice's harmonics are 70-125 Hz apart.
+The predictor is a small convolution over the mel, so synthesis needs the mel and nothing else
+(the comparison with Griffin-Lim stays fair). The mel's own harmonics are too coarse to read F0
+from directly: mel filters are ~75 Hz wide below 1 kHz, and a low male voice's harmonics are
+70-125 Hz apart.
 """
 
 from __future__ import annotations
@@ -35,6 +41,8 @@ __all__ = [
     "PitchPredictor",
     "HarmonicSource",
     "fit_predictor",
+    "lag_range",
+    "pitch_lags",
 ]
 
 F0_MIN = 50.0
@@ -141,20 +149,19 @@ def pitch_bin_centres(device=None) -> torch.Tensor:
 
 
 class PitchPredictor(nn.Module):
-    """Mel (B, n_mels, F) -> pitch-class logits (B, K, F), voicing logit and log gain (B, F).
+    """Mel (B, n_mels, F) -> pitch-class logits (B, K, F) and voicing logit (B, F).
 
     Pitch is a classification over 20-cent bins, as in CREPE (Kim et al. 2018): a mel frame is
     often ambiguous between a pitch and its octave, and cross-entropy keeps both hypotheses
     where a regression would average them into a wrong one. The input is the mel plus its
     fine structure across frequency (the mel minus a 5-bin moving average: the harmonic
-    ripple, with the formant envelope removed); non-causal convolutions see ~15 frames. The
-    gain starts at 1, the excitation as loud as the unit noise beside it (a fresh student is
-    the identity, so a larger gain starts its samples far louder than speech and the KL to
-    the teacher explodes).
+    ripple, with the formant envelope removed); non-causal convolutions see ~15 frames.
     """
 
-    def __init__(self, n_mels: int, channels: int = 64, layers: int = 4, kernel_size: int = 5):
+    def __init__(self, cfg: AudioConfig, channels: int = 64, layers: int = 4, kernel_size: int = 5):
         super().__init__()
+        self.audio_config = cfg
+        n_mels = cfg.n_mels
         pad = kernel_size // 2
         convs = [nn.Conv1d(2 * n_mels, channels, kernel_size, padding=pad)]
         convs += [
@@ -162,9 +169,14 @@ class PitchPredictor(nn.Module):
         ]
         self.convs = nn.ModuleList(convs)
         self.register_buffer("centres", pitch_bin_centres(), persistent=False)
-        self.out = nn.Conv1d(channels, len(self.centres) + 2, 1)
+        self.out = nn.Conv1d(channels, len(self.centres) + 1, 1)
         nn.init.zeros_(self.out.weight)
         nn.init.zeros_(self.out.bias)
+
+    @property
+    def reach(self) -> int:
+        """Mel frames on each side that one output frame reads."""
+        return sum(conv.padding[0] for conv in self.convs)
 
     def forward(self, mel: torch.Tensor):
         x = network_input(mel)
@@ -173,7 +185,45 @@ class PitchPredictor(nn.Module):
         for conv in self.convs:
             x = F.leaky_relu(conv(x), 0.2)
         out = self.out(x)
-        return out[:, :-2], out[:, -2], out[:, -1]
+        return out[:, :-1], out[:, -1]
+
+    @torch.no_grad()
+    def track(self, mel: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """mel (B, n_mels, F) -> F0 (B, F) in Hz and P(voiced) (B, F), without gradient (a
+        phase or a lag is a poor thing to descend on)."""
+        logits, voiced_logit = self(mel)
+        return self.log_f0(logits).exp(), torch.sigmoid(voiced_logit.float())
+
+    def loss(self, mel: torch.Tensor, audio: torch.Tensor):
+        """The predictor's loss against YIN on ``audio`` (B, F * hop); see :meth:`pitch_loss`."""
+        with torch.no_grad():
+            f0, voiced = yin(audio, self.audio_config)
+        return self.pitch_loss(mel, f0, voiced)
+
+    def pitch_loss(self, mel, f0, voiced, mask=None):
+        """Voicing cross-entropy plus pitch-class cross-entropy over voiced frames, against a
+        target blurred over neighbouring classes (25 cents, as CREPE), averaged over the frames
+        where ``mask`` (B, F) is set. Returns (loss, detached metrics for logging)."""
+        logits, voiced_logit = self(mel)
+        logits, voiced_logit = logits.float(), voiced_logit.float()
+        mask = torch.ones_like(voiced_logit) if mask is None else mask.float()
+        n_frames = mask.sum().clamp_min(1)
+        bce = F.binary_cross_entropy_with_logits(voiced_logit, voiced.float(), reduction="none")
+        bce = (bce * mask).sum() / n_frames
+        centres = self.centres[:, None]
+        target_log = torch.log(f0.clamp_min(F0_MIN)).unsqueeze(1)  # (B, 1, F)
+        sigma = 25 / 1200 * math.log(2)
+        target = torch.exp(-0.5 * ((centres - target_log) / sigma) ** 2)
+        target = target / target.sum(1, keepdim=True)
+        ce = -(target * logits.log_softmax(1)).sum(1)  # (B, F)
+        weight = voiced.float() * mask
+        n_voiced = weight.sum().clamp_min(1)
+        ce = (ce * weight).sum() / n_voiced
+        with torch.no_grad():
+            cents = 1200 / math.log(2) * (self.log_f0(logits) - target_log[:, 0]).abs()
+            gross = ((cents > 50).float() * weight).sum() / n_voiced
+            v_err = (((voiced_logit > 0) != voiced).float() * mask).sum() / n_frames
+        return bce + ce, {"pitch/voicing_error": v_err, "pitch/gross_error": gross}
 
     def log_f0(self, logits: torch.Tensor) -> torch.Tensor:
         """Pitch-class logits (B, K, F) -> log F0 (B, F): the mean of the classes within
@@ -188,62 +238,38 @@ class PitchPredictor(nn.Module):
 
 
 class HarmonicSource(nn.Module):
-    """The student's base mean: ``gain * P(voiced) * pulse_train(F0)``, all predicted from the mel.
+    """The student's base mean: ``gain(mel) * P(voiced) * pulse_train(F0)``.
 
-    ``forward(mel) -> (B, F * hop)``; ``loss(mel, audio) -> (pitch_loss, metrics)`` trains the
-    predictor against YIN on the real audio. The excitation is computed without gradient to F0
-    (a phase is a poor thing to descend on); the gain learns from the student's own losses.
+    ``forward(mel, f0, voiced) -> (B, F * hop)`` with F0 and P(voiced) (B, F) from the model's
+    :class:`PitchPredictor`. The gain is its own small convolution over the mel, learned from
+    the student's losses; it starts at 1, the excitation as loud as the unit noise beside it (a
+    fresh student is the identity, so a larger gain starts its samples far louder than speech
+    and the KL to the teacher explodes).
     """
 
-    def __init__(self, cfg: AudioConfig, channels: int = 64):
+    def __init__(self, cfg: AudioConfig, kernel_size: int = 5):
         super().__init__()
         self.audio_config = cfg
-        self.predictor = PitchPredictor(cfg.n_mels, channels)
+        self.gain = nn.Conv1d(cfg.n_mels, 1, kernel_size, padding=kernel_size // 2)
+        nn.init.zeros_(self.gain.weight)
+        nn.init.zeros_(self.gain.bias)
 
-    def forward(self, mel: torch.Tensor) -> torch.Tensor:
-        logits, voiced_logit, log_gain = self.predictor(mel)
-        with torch.no_grad():
-            f0 = self.predictor.log_f0(logits).exp()
-            pulses = harmonic_excitation(f0, torch.sigmoid(voiced_logit), self.audio_config)
+    @property
+    def reach(self) -> int:
+        """Mel frames on each side that the gain of one frame reads."""
+        return self.gain.padding[0]
+
+    def forward(self, mel: torch.Tensor, f0: torch.Tensor, voiced: torch.Tensor) -> torch.Tensor:
+        pulses = harmonic_excitation(f0, voiced, self.audio_config)
+        log_gain = self.gain(network_input(mel)).clamp(max=10.0)  # no overflow from wild weights
         gain = F.interpolate(
-            log_gain.exp().unsqueeze(1), scale_factor=self.audio_config.hop_length, mode="linear"
+            log_gain.exp(), scale_factor=self.audio_config.hop_length, mode="linear"
         ).squeeze(1)
         return (gain * pulses).to(mel.dtype)
 
-    def loss(self, mel: torch.Tensor, audio: torch.Tensor):
-        """The predictor's loss against YIN on ``audio`` (B, F * hop); see :meth:`pitch_loss`."""
-        with torch.no_grad():
-            f0, voiced = yin(audio, self.audio_config)
-        return self.pitch_loss(mel, f0, voiced)
-
-    def pitch_loss(self, mel, f0, voiced, mask=None):
-        """Voicing cross-entropy plus pitch-class cross-entropy over voiced frames, against a
-        target blurred over neighbouring classes (25 cents, as CREPE), averaged over the frames
-        where ``mask`` (B, F) is set. Returns (loss, detached metrics for logging)."""
-        logits, voiced_logit, _ = self.predictor(mel)
-        logits, voiced_logit = logits.float(), voiced_logit.float()
-        mask = torch.ones_like(voiced_logit) if mask is None else mask.float()
-        n_frames = mask.sum().clamp_min(1)
-        bce = F.binary_cross_entropy_with_logits(voiced_logit, voiced.float(), reduction="none")
-        bce = (bce * mask).sum() / n_frames
-        centres = self.predictor.centres[:, None]
-        target_log = torch.log(f0.clamp_min(F0_MIN)).unsqueeze(1)  # (B, 1, F)
-        sigma = 25 / 1200 * math.log(2)
-        target = torch.exp(-0.5 * ((centres - target_log) / sigma) ** 2)
-        target = target / target.sum(1, keepdim=True)
-        ce = -(target * logits.log_softmax(1)).sum(1)  # (B, F)
-        weight = voiced.float() * mask
-        n_voiced = weight.sum().clamp_min(1)
-        ce = (ce * weight).sum() / n_voiced
-        with torch.no_grad():
-            cents = 1200 / math.log(2) * (self.predictor.log_f0(logits) - target_log[:, 0]).abs()
-            gross = ((cents > 50).float() * weight).sum() / n_voiced
-            v_err = (((voiced_logit > 0) != voiced).float() * mask).sum() / n_frames
-        return bce + ce, {"pitch/voicing_error": v_err, "pitch/gross_error": gross}
-
 
 def fit_predictor(
-    source: HarmonicSource,
+    predictor: PitchPredictor,
     clips: list[tuple[torch.Tensor, torch.Tensor]],
     steps: int,
     batch_size: int = 16,
@@ -257,7 +283,7 @@ def fit_predictor(
     hundred steps (seconds on a CPU) reach a few percent gross pitch errors before the student
     starts. Deterministic given ``seed``. Returns the last batch's metrics.
     """
-    cfg = source.audio_config
+    cfg = predictor.audio_config
     floor = math.log(cfg.log_floor)
     items = []
     with torch.no_grad():
@@ -265,8 +291,8 @@ def fit_predictor(
             f0, voiced = yin(audio[None], cfg)
             items.append((mel, f0[0], voiced[0]))
     gen = torch.Generator().manual_seed(seed)
-    device = next(source.parameters()).device
-    opt = torch.optim.Adam(source.predictor.parameters(), lr=lr)
+    device = next(predictor.parameters()).device
+    opt = torch.optim.Adam(predictor.parameters(), lr=lr)
     metrics: dict[str, torch.Tensor] = {}
     for _ in range(steps):
         pick = torch.randint(len(items), (min(batch_size, len(items)),), generator=gen)
@@ -279,10 +305,28 @@ def fit_predictor(
         for i, (m, f, v) in enumerate(batch):
             n = m.shape[-1]
             mel[i, :, :n], f0[i, :n], voiced[i, :n], mask[i, :n] = m, f, v, 1
-        loss, metrics = source.pitch_loss(
+        loss, metrics = predictor.pitch_loss(
             mel.to(device), f0.to(device), voiced.to(device), mask.to(device)
         )
         opt.zero_grad()
         loss.backward()
         opt.step()
     return {k: float(v) for k, v in metrics.items()}
+
+
+def lag_range(cfg: AudioConfig) -> tuple[int, int]:
+    """Shortest and longest pitch period in samples: ``F0_MAX`` and ``F0_MIN`` at the sample
+    rate (44 and 441 at 22.05 kHz). The long-term predictor's taps stay inside the shortest."""
+    return int(cfg.sample_rate // F0_MAX), int(math.ceil(cfg.sample_rate / F0_MIN))
+
+
+def pitch_lags(f0: torch.Tensor, voiced: torch.Tensor, cfg: AudioConfig) -> torch.Tensor:
+    """F0 (B, F) Hz and P(voiced) (B, F) -> the pitch period of every sample (B, F * hop), int64.
+
+    Frame ``f``'s period, ``round(sample_rate / F0)`` within :func:`lag_range`, holds for its
+    ``hop`` samples where P(voiced) > 1/2; 0 (no long-term prediction) elsewhere.
+    """
+    shortest, longest = lag_range(cfg)
+    lag = torch.round(cfg.sample_rate / f0.float().clamp_min(F0_MIN)).long()
+    lag = torch.where(voiced > 0.5, lag.clamp(shortest, longest), torch.zeros_like(lag))
+    return lag.repeat_interleave(cfg.hop_length, dim=-1)

@@ -259,14 +259,13 @@ def test_harmonic_source_starts_fitted_and_trains_with_the_pitch_loss(setup, tmp
     config = dataclasses.replace(
         config,
         student=dataclasses.replace(config.student, harmonic_source=True),
-        distill=dataclasses.replace(config.distill, pitch_init_steps=20),
-        student_training=dataclasses.replace(config.student_training, steps=2),
+        student_training=dataclasses.replace(config.student_training, steps=2, pitch_init_steps=20),
     )
     stage = StudentStage(config, teacher_path, data)
     assert stage.model.source is not None
-    assert not stage.model.source.predictor.out.weight.any()  # zero-initialised head
+    assert not stage.model.pitch.out.weight.any()  # zero-initialised head
     stage.fresh_start()
-    assert stage.model.source.predictor.out.weight.any()  # fitted on whole clips
+    assert stage.model.pitch.out.weight.any()  # fitted on whole clips (the teacher has none)
     audio, mel = next(iter(torch.utils.data.DataLoader(stage.train_dataset(), batch_size=2)))
     out = stage.train_step(stage.objective, (audio, mel))
     assert torch.isfinite(out["loss"]) and out["loss/pitch"] > 0

@@ -102,14 +102,19 @@ def checkpoints(tiny_prepared_dir, tmp_path_factory) -> dict[str, Path]:
     }
 
 
-def test_teacher_density_in_chunks_equals_one_pass(tiny_audio_config):
+@pytest.mark.parametrize("long_term", [False, True], ids=["plain", "long-term"])
+def test_teacher_density_in_chunks_equals_one_pass(tiny_audio_config, long_term):
+    """Chunks carry enough audio and mel context: the receptive field (with a long-term
+    predictor, the longest pitch lag too) and the reach of the features and the pitch."""
     torch.manual_seed(0)
     wide = WaveNetConfig(
         residual_channels=8, gate_channels=8, skip_channels=8, dilations=(1, 8, 64, 512)
     )
     config = tiny_config(tiny_audio_config)
+    lp = {"linear_prediction_order": 4, "long_term_taps": 2} if long_term else {}
     config = Config(
-        audio=config.audio, teacher=TeacherConfig(num_flows=2, wavenet=wide, upsampler_channels=8)
+        audio=config.audio,
+        teacher=TeacherConfig(num_flows=2, wavenet=wide, upsampler_channels=8, **lp),
     )
     teacher = Teacher(config).eval()
     with torch.no_grad():  # move off the identity initialisation: every weight matters
@@ -120,6 +125,9 @@ def test_teacher_density_in_chunks_equals_one_pass(tiny_audio_config):
     frames = 50
     audio = 0.1 * torch.randn(frames * tiny_audio_config.hop_length)
     mel = torch.randn(tiny_audio_config.n_mels, frames) - 4
+    if long_term:  # some frames voiced, some not
+        lags = teacher.conditioning(mel[None])[0].lags
+        assert (lags > 0).any() and (lags == 0).any()
     mu, log_sigma = teacher_conditionals(teacher, audio, mel)
     mu_c, log_sigma_c = teacher_conditionals(teacher, audio, mel, chunk_frames=7)
     torch.testing.assert_close(mu_c, mu, rtol=1e-4, atol=1e-5)

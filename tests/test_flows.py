@@ -21,7 +21,13 @@ from distill.flows import (
     bound_log_scale,
     standard_normal_log_prob,
 )
-from distill.flows.linear_prediction import LinearPredictive
+from distill.flows.linear_prediction import (
+    K_MAX,
+    AudioContext,
+    LinearPredictive,
+    step_down,
+    step_up,
+)
 
 pytestmark = pytest.mark.usefixtures("float64")
 
@@ -45,12 +51,15 @@ def randomize_outputs(module: torch.nn.Module, std: float = 0.3) -> None:
             torch.nn.init.normal_(m.out.weight, std=std)
             torch.nn.init.normal_(m.out.bias, std=std)
         if isinstance(m, LinearPredictive):
-            for proj in (m.coef_proj, m.scale_proj):
+            projs = [m.coef_proj, m.scale_proj] + ([m.lag_proj] if m.long_term_taps else [])
+            for proj in projs:
                 torch.nn.init.normal_(proj.weight, std=std)
                 torch.nn.init.normal_(proj.bias, std=std)
 
 
-def wavenet_layer(mode: str, dilations=(1, 2, 4), cond_channels=3, kernel_size=2, lp_order=0):
+def wavenet_layer(
+    mode: str, dilations=(1, 2, 4), cond_channels=3, kernel_size=2, lp_order=0, lag_taps=0
+):
     net = CausalWaveNet(
         cond_channels,
         residual_channels=8,
@@ -60,8 +69,13 @@ def wavenet_layer(mode: str, dilations=(1, 2, 4), cond_channels=3, kernel_size=2
         dilations=dilations,
     )
     if lp_order:
-        net = LinearPredictive(net, cond_channels, lp_order)
+        net = LinearPredictive(net, cond_channels, lp_order, lag_taps, max_lag=MAX_TEST_LAG)
     return AffineAutoregressive(net, mode)
+
+
+MAX_TEST_LAG = 7
+"""Pitch lags in these tests are short (a few samples) so that clips of a dozen samples see
+several periods; the models use 44-441 samples at 22.05 kHz."""
 
 
 def made_layer(mode: str, features=5, context=3):
@@ -77,6 +91,14 @@ def audio_case(frames: int = 4, hop: int = 3):
     return torch.randn(1, frames * hop), torch.randn(1, 3, frames)
 
 
+def lagged_audio_case(frames: int = 4, hop: int = 3, batch: int = 1):
+    """audio_case with pitch lags: 4 to 7 samples, none (0, unvoiced) in the second frame."""
+    x, features = torch.randn(batch, frames * hop), torch.randn(batch, 3, frames)
+    lags = torch.randint(4, MAX_TEST_LAG + 1, (batch, frames * hop))
+    lags[:, hop : 2 * hop] = 0
+    return x, AudioContext(features, lags)
+
+
 LAYERS = {
     "made-maf": (lambda: made_layer("maf"), vector_case),
     "made-iaf": (lambda: made_layer("iaf"), vector_case),
@@ -85,6 +107,8 @@ LAYERS = {
     "lp-wavenet-maf": (lambda: wavenet_layer("maf", lp_order=3), audio_case),
     "lp-wavenet-iaf": (lambda: wavenet_layer("iaf", lp_order=3), audio_case),
     "wavenet-k3-maf": (lambda: wavenet_layer("maf", (1, 3), kernel_size=3), audio_case),
+    "ltp-wavenet-maf": (lambda: wavenet_layer("maf", lp_order=3, lag_taps=1), lagged_audio_case),
+    "ltp-wavenet-iaf": (lambda: wavenet_layer("iaf", lp_order=3, lag_taps=1), lagged_audio_case),
 }
 
 
@@ -337,3 +361,69 @@ def test_cached_generation_equals_naive_and_full_recompute(kernel_size, dilation
     # and the generated audio has exactly the density its noise implies
     z_back, _ = stack.inverse(cached, ctx)
     torch.testing.assert_close(z_back, z, atol=1e-9, rtol=0)
+
+
+def test_cached_generation_equals_naive_with_the_long_term_predictor():
+    stack = FlowStack([wavenet_layer("maf", (1, 2, 4), lp_order=3, lag_taps=2) for _ in range(2)])
+    randomize_outputs(stack)
+    z, ctx = lagged_audio_case(frames=10, hop=4, batch=2)
+    cached, ld_cached = stack(z, ctx)
+    naive, ld_naive = stack(z, ctx, naive=True)
+    torch.testing.assert_close(cached, naive, atol=1e-9, rtol=0)
+    torch.testing.assert_close(ld_cached, ld_naive, atol=1e-9, rtol=0)
+    z_back, _ = stack.inverse(cached, ctx)
+    torch.testing.assert_close(z_back, z, atol=1e-9, rtol=0)
+    # the term is there: without lags the same weights generate something else
+    other, _ = stack(z, AudioContext(ctx.features, torch.zeros_like(ctx.lags)))
+    assert (other - cached).abs().max() > 1e-3
+
+
+def test_long_term_predictor_reads_the_residual_one_period_back():
+    """With only the long-term path (zero WaveNet, zero reflection coefficients) the shift is
+    sum_j b_j u_{t - L + j} exactly, and nothing where the lag is 0 or reaches before t = 0."""
+    net = CausalWaveNet(3, 4, 4, 4, dilations=(1,))
+    lp = LinearPredictive(net, 3, order=2, long_term_taps=1, max_lag=MAX_TEST_LAG)
+    torch.nn.init.normal_(lp.lag_proj.bias)  # constant taps over time
+    u, ctx = lagged_audio_case(frames=5, hop=4)
+    with torch.no_grad():
+        shift, _ = lp(u, ctx)
+    b, lags = lp.lag_proj.bias.detach(), ctx.lags[0]
+    for t in range(u.shape[-1]):
+        want = sum(
+            b[j + 1] * u[0, t - lags[t] + j]
+            for j in (-1, 0, 1)
+            if lags[t] > 0 and t - lags[t] + j >= 0
+        )
+        assert shift[0, t].item() == pytest.approx(float(want), abs=1e-12)
+
+
+def test_reflection_coefficients_give_a_stable_predictor_whatever_the_weights():
+    """|k| < 1 for every reflection coefficient, whatever the weights (tanh saturating at 1.0
+    included), and |k| < 1 makes every zero of ``1 - sum_k a_k z^-k`` lie inside the unit circle:
+    checked with numpy's roots where they are well conditioned (|k| <= 0.9; near |k| = 1 the
+    zeros cluster and numerical root finding, not the predictor, is what fails)."""
+    np = pytest.importorskip("numpy")
+    torch.manual_seed(3)
+    k = (torch.rand(200, 12) * 2 - 1) * 0.9
+    a = step_up(k)
+    for row in a:
+        assert np.abs(np.roots([1.0, *(-row).tolist()])).max() < 1.0
+    torch.testing.assert_close(step_down(a), k, atol=1e-9, rtol=0)
+    # the predictor of a (positive definite) autocorrelation has |k| < 1: a stable predictor
+    # is representable, which is what the teacher's data init starts from
+    x = torch.randn(4000)
+    x = x + 0.9 * torch.roll(x, 1) - 0.5 * torch.roll(x, 2)
+    r = torch.stack([(x[: x.numel() - j] * x[j:]).sum() for j in range(5)])
+    toeplitz = torch.stack([r[(torch.arange(4) - i).abs()] for i in range(4)])
+    yule_walker = torch.linalg.solve(toeplitz, r[1:])
+    assert step_down(yule_walker).abs().max() < 1.0
+    net = CausalWaveNet(3, 4, 4, 4, dilations=(1,))
+    lp = LinearPredictive(net, 3, order=12)
+    for scale in (1.0, 30.0, 1e4):
+        torch.nn.init.normal_(lp.coef_proj.weight, std=scale)
+        torch.nn.init.normal_(lp.coef_proj.bias, std=scale)
+        features = torch.randn(2, 3, 6) * scale
+        raw = lp.coef_proj(features)
+        assert (K_MAX * torch.tanh(raw)).abs().max() <= K_MAX < 1.0
+        coefs, _, _ = lp._linear_terms(features, 24)  # (B, order, T), built from those k
+        assert torch.isfinite(coefs).all() and (coefs.abs() <= 2**12).all()  # |a_j| <= C(12, j)

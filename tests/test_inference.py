@@ -54,11 +54,18 @@ def randomize(module: torch.nn.Module, std: float = 0.3, seed: int = 0) -> torch
     return module
 
 
-def tiny_student(seed: int = 0, harmonic_source: bool = False) -> Student:
+def tiny_student(seed: int = 0, harmonic_source: bool = False, long_term: bool = False) -> Student:
+    """A random tiny student; ``long_term``: linear prediction and a long-term predictor, whose
+    random pitch predictor gives lags of 44-441 samples, voiced on some frames only."""
+    lp = {"linear_prediction_order": 3, "long_term_taps": 2} if long_term else {}
     config = dataclasses.replace(
-        TINY, student=dataclasses.replace(TINY.student, harmonic_source=harmonic_source)
+        TINY, student=dataclasses.replace(TINY.student, harmonic_source=harmonic_source, **lp)
     )
-    return randomize(Student(config), seed=seed)
+    student = randomize(Student(config), seed=seed)
+    if long_term:
+        lags = student.conditioning(torch.randn(1, AUDIO.n_mels, 40) - 5.0)[0].lags
+        assert (lags > 0).any() and (lags == 0).any()
+    return student
 
 
 def mel_like(frames: int, seed: int = 0, n_mels: int = 8) -> torch.Tensor:
@@ -161,9 +168,12 @@ def checkpoints(tmp_path_factory):
     return {"student": root / "student.pt", "teacher": root / "teacher.pt", "ema": ema}
 
 
-@pytest.mark.parametrize("chunk_frames,batched", [(1, False), (3, True), (8, False), (64, True)])
-def test_streaming_equals_one_pass(chunk_frames, batched):
-    syn = Synthesizer(tiny_student(), device="cpu", dtype="float64")
+@pytest.mark.parametrize(
+    "chunk_frames,batched,long_term",
+    [(1, False, False), (3, True, False), (8, False, False), (64, True, False), (5, True, True)],
+)
+def test_streaming_equals_one_pass(chunk_frames, batched, long_term):
+    syn = Synthesizer(tiny_student(long_term=long_term), device="cpu", dtype="float64")
     # chunks need more history than one frame: the last flow sees 32 samples = 2 frames back
     assert syn.receptive_field > syn.hop_length
     frames = 13 if chunk_frames == 1 else 29
@@ -262,11 +272,16 @@ def test_synthesizer_rejects_bad_mels():
 
 
 @pytest.mark.usefixtures("float64")
-@pytest.mark.parametrize("harmonic_source", [False, True], ids=["noise-base", "harmonic-source"])
-def test_synthesizer_equals_student_sample(harmonic_source):
+@pytest.mark.parametrize(
+    "harmonic_source,long_term",
+    [(False, False), (True, False), (True, True)],
+    ids=["noise-base", "harmonic-source", "source-and-long-term"],
+)
+def test_synthesizer_equals_student_sample(harmonic_source, long_term):
     """One decode path: the Synthesizer (one pass and ragged batches) synthesises what
-    Student.sample does for the same noise, the harmonic source included."""
-    student = tiny_student(harmonic_source=harmonic_source)
+    Student.sample does for the same noise, the harmonic source and the long-term predictor's
+    lags included."""
+    student = tiny_student(harmonic_source=harmonic_source, long_term=long_term)
     mels = [mel_like(9, 1), mel_like(14, 2)]
     noise = [block_noise(3, i, 0, m.shape[-1] * 16) for i, m in enumerate(mels)]
     with torch.no_grad():
@@ -299,9 +314,12 @@ def test_a_harmonic_source_is_refused_where_it_is_not_supported_yet(tmp_path):
 
 
 @pytest.mark.filterwarnings("ignore:The given buffer is not writable")  # inside torch.export.load
-def test_exported_student_equals_eager(tmp_path, capsys):
+@pytest.mark.parametrize("long_term", [False, True], ids=["plain", "long-term"])
+def test_exported_student_equals_eager(tmp_path, capsys, long_term):
+    lp = {"linear_prediction_order": 3, "long_term_taps": 2} if long_term else {}
     config = Config(
-        audio=AUDIO, student=StudentConfig(flows=(_wn((1, 2, 4), 3),), upsampler_channels=8)
+        audio=AUDIO,
+        student=StudentConfig(flows=(_wn((1, 2, 4), 3),), upsampler_channels=8, **lp),
     )
     ckpt = tmp_path / "ckpt" / "student.pt"
     model = randomize(Student(config)).state_dict()

@@ -49,9 +49,25 @@ def randomized(model):
             torch.nn.init.normal_(layer.conditioner.coef_proj.weight, std=0.1)
             torch.nn.init.normal_(layer.conditioner.coef_proj.bias, std=0.1)
             torch.nn.init.normal_(layer.conditioner.scale_proj.weight, std=0.1)
-    if getattr(model, "source", None) is not None:
-        torch.nn.init.normal_(model.source.predictor.out.weight, std=0.1)
+            if layer.conditioner.long_term_taps:
+                torch.nn.init.normal_(layer.conditioner.lag_proj.weight, std=0.1)
+                torch.nn.init.normal_(layer.conditioner.lag_proj.bias, std=0.1)
+    if model.pitch is not None:
+        torch.nn.init.normal_(model.pitch.out.weight, std=0.1)
+    if model.source is not None:
+        torch.nn.init.normal_(model.source.gain.weight, std=0.1)
     return model.double()
+
+
+def fixed_pitch(model, hz: float):
+    """Make the model's pitch predictor say ``hz``, voiced, on every frame (short lags)."""
+    centres = model.pitch.centres
+    with torch.no_grad():
+        model.pitch.out.weight.zero_()
+        model.pitch.out.bias.zero_()
+        model.pitch.out.bias[int((centres - math.log(hz)).abs().argmin())] = 20.0
+        model.pitch.out.bias[-1] = 20.0  # voiced
+    return model
 
 
 def mel_batch(batch=2, frames=5, n_mels=6):
@@ -139,12 +155,15 @@ def test_batch_equals_per_item():
 def test_mel_reaches_every_layer_and_every_parameter_learns(cls):
     lp = (
         "teacher.linear_prediction_order=5",
+        "teacher.long_term_taps=1",
         "student.linear_prediction_order=3",
+        "student.long_term_taps=1",
         "student.harmonic_source=true",
     )
-    model = randomized(cls(tiny_config(*lp)))
-    mel = mel_batch()
-    audio = torch.randn(2, 20, dtype=torch.float64) * 0.2
+    model = fixed_pitch(randomized(cls(tiny_config(*lp))), 490.0)  # lags of 45 samples
+    mel = mel_batch(frames=30)
+    audio = torch.randn(2, 120, dtype=torch.float64) * 0.2
+    assert model.conditioning(mel)[0].lags.min() == 45
     ctx, _ = model.conditioning(mel)
     for layer in model.flow.layers:
         a, _ = layer(audio, ctx)
@@ -153,6 +172,8 @@ def test_mel_reaches_every_layer_and_every_parameter_learns(cls):
     loss = -model.log_prob(audio, mel).sum() if cls is Teacher else model.sample(mel).sum()
     loss.backward()
     for name, p in model.named_parameters():
+        if name.startswith("pitch."):  # learns from its own loss against YIN (test_pitch.py)
+            continue
         assert p.grad is not None and torch.any(p.grad != 0), f"{name} got no gradient"
 
 

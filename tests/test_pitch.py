@@ -9,7 +9,7 @@ import torch
 
 from distill.audio import log_mel
 from distill.config import AudioConfig
-from distill.pitch import HarmonicSource, fit_predictor, harmonic_excitation, yin
+from distill.pitch import PitchPredictor, fit_predictor, harmonic_excitation, yin
 
 CFG = AudioConfig()  # 22050 Hz, n_fft 1024, hop 256: the demo's features
 SR, HOP = CFG.sample_rate, CFG.hop_length
@@ -78,16 +78,16 @@ def test_the_predictor_learns_pitch_and_voicing_from_the_mel():
         audio = glottal_like(torch.full((frames * HOP,), f0, dtype=torch.float64))
         audio[: 6 * HOP] = 0  # unvoiced frames to classify
         clips.append((audio, log_mel(audio, CFG)))
-    source = HarmonicSource(CFG, channels=32)
+    predictor = PitchPredictor(CFG, channels=32)
     audio = torch.stack([a for a, _ in clips])
     mel = torch.stack([m for _, m in clips])
-    first, _ = source.loss(mel, audio)
-    fit_predictor(source, clips, steps=150, batch_size=4, seed=0)
-    loss, metrics = source.loss(mel, audio)
+    first, _ = predictor.loss(mel, audio)
+    fit_predictor(predictor, clips, steps=150, batch_size=4, seed=0)
+    loss, metrics = predictor.loss(mel, audio)
     assert loss < 0.5 * first
     assert metrics["pitch/gross_error"] < 0.05 and metrics["pitch/voicing_error"] < 0.1
-    logits, voiced_logit, _ = source.predictor(mel)
-    log_f0 = source.predictor.log_f0(logits)
+    logits, voiced_logit = predictor(mel)
+    log_f0 = predictor.log_f0(logits)
     for i, f0 in enumerate(pitches):
         assert log_f0[i, 10:-2].exp().median().item() == pytest.approx(f0, rel=0.02)
         assert (voiced_logit[i, :4] < 0).all() and (voiced_logit[i, 10:-2] > 0).all()
@@ -101,14 +101,14 @@ def test_fit_predictor_is_deterministic_and_masks_padding():
     runs = []
     for _ in range(2):
         torch.manual_seed(0)
-        source = HarmonicSource(CFG, channels=8)
-        fit_predictor(source, clips, steps=3, batch_size=2, seed=5)
-        runs.append(source.state_dict())
+        predictor = PitchPredictor(CFG, channels=8)
+        fit_predictor(predictor, clips, steps=3, batch_size=2, seed=5)
+        runs.append(predictor.state_dict())
     for k in runs[0]:
         torch.testing.assert_close(runs[0][k], runs[1][k], atol=0, rtol=0)
     # padded frames do not count: their targets can be anything
-    source = HarmonicSource(CFG, channels=8)
-    torch.nn.init.normal_(source.predictor.out.weight, std=0.5)  # not uniform: frames differ
+    predictor = PitchPredictor(CFG, channels=8)
+    torch.nn.init.normal_(predictor.out.weight, std=0.5)  # not uniform: frames differ
     audio, mel = clips[0]
     f0, voiced = yin(audio[None], CFG)
     pad = 8
@@ -118,9 +118,9 @@ def test_fit_predictor_is_deterministic_and_masks_padding():
     for fill_f0, fill_voiced in ((300.0, True), (60.0, False)):
         f0_p = torch.cat([f0, torch.full((1, pad), fill_f0)], -1)
         voiced_p = torch.cat([voiced, torch.full((1, pad), fill_voiced)], -1)
-        losses.append(source.pitch_loss(mel_p, f0_p, voiced_p, mask)[0])
+        losses.append(predictor.pitch_loss(mel_p, f0_p, voiced_p, mask)[0])
     torch.testing.assert_close(losses[0], losses[1], atol=0, rtol=0)
     f0_p = torch.cat([f0, torch.full((1, pad), 300.0)], -1)
     voiced_p = torch.cat([voiced, torch.ones(1, pad, dtype=torch.bool)], -1)
-    unmasked = source.pitch_loss(mel_p, f0_p, voiced_p)[0]
+    unmasked = predictor.pitch_loss(mel_p, f0_p, voiced_p)[0]
     assert not torch.allclose(unmasked, losses[0])

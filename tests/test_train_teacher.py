@@ -153,7 +153,8 @@ def test_likelihood_module_equals_teacher_log_prob(tiny_audio_config):
     hop = tiny_audio_config.hop_length
     audio = 0.1 * torch.randn(3, 3 * hop, dtype=torch.float64)
     mel = torch.randn(3, tiny_audio_config.n_mels, 3, dtype=torch.float64) - 4
-    lp, log_sigma, residual = TeacherLikelihood(teacher)(audio, mel)
+    lp, log_sigma, residual, pitch, _ = TeacherLikelihood(teacher)(audio, mel)
+    assert pitch is None  # no pitch predictor without a long-term predictor
     torch.testing.assert_close(lp.double(), teacher.log_prob(audio, mel), rtol=1e-5, atol=1e-3)
     assert log_sigma.shape == audio.shape
     mu, _ = teacher.gaussian_conditionals(audio, mel)

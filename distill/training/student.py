@@ -72,8 +72,20 @@ def load_frozen_teacher(
 
 
 def init_student(config: Config, teacher: Teacher) -> Student:
-    """A fresh student; its mel upsampler copied from the teacher's when the config says so."""
+    """A fresh student; its mel upsampler copied from the teacher's when the config says so,
+    and its pitch predictor copied from the teacher's and frozen when both have one (the two
+    models must read the same pitch lags from a mel, or the teacher would judge the student's
+    sample against another pitch)."""
     student = Student(config)
+    if student.pitch is not None and teacher.pitch is not None:
+        student.pitch.load_state_dict(teacher.pitch.state_dict())
+        student.pitch.requires_grad_(False)
+    elif student.long_term:
+        raise ConfigError(
+            "student.long_term_taps > 0 needs a teacher with a pitch predictor (whose lags it "
+            "shares): train the teacher with teacher.long_term_taps > 0, or set "
+            "student.long_term_taps=0"
+        )
     if config.distill.init_upsampler_from_teacher:
         ours, theirs = student.upsampler.state_dict(), teacher.upsampler.state_dict()
         mismatch = [k for k in ours if ours[k].shape != theirs[k].shape]
@@ -90,14 +102,22 @@ def init_student(config: Config, teacher: Teacher) -> Student:
     return student
 
 
+def _trains_pitch(student: Student) -> bool:
+    """A student trains its own pitch predictor only when its teacher had none to share."""
+    return student.pitch is not None and student.pitch.out.weight.requires_grad
+
+
 class DistillObjective(nn.Module):
     """The distillation loss as a ``forward`` (what DDP and torch.compile wrap).
 
     The frozen teacher is a submodule (so it moves with ``.to``) but stays in eval mode.
     """
 
-    def __init__(self, student: Student, teacher: Teacher, loss: DistillationLoss):
+    def __init__(
+        self, student: Student, teacher: Teacher, loss: DistillationLoss, pitch_weight: float
+    ):
         super().__init__()
+        self.pitch_weight = pitch_weight
         self.student = student
         self.teacher = teacher.eval().requires_grad_(False)
         self.loss = loss
@@ -117,9 +137,9 @@ class DistillObjective(nn.Module):
         result = self.loss(self.student, self.teacher, mel, real=audio)
         out = result.scalars()
         out["loss"] = result.total  # scalars() detaches; the loop backpropagates this one
-        if self.student.source is not None:  # the F0 predictor learns from YIN on the real clip
-            pitch, metrics = self.student.source.loss(mel, audio)
-            out["loss"] = out["loss"] + self.loss.config.pitch_weight * pitch
+        if _trains_pitch(self.student):  # its F0 predictor learns from YIN on the real clip
+            pitch, metrics = self.student.pitch.loss(mel, audio)
+            out["loss"] = out["loss"] + self.pitch_weight * pitch
             out["loss/pitch"] = pitch.detach()
             out.update(metrics)
         nll = out.pop("teacher/nll_per_sample")
@@ -151,7 +171,9 @@ class StudentStage(Stage):
         self.model = init_student(config, frozen)
         check_estimator(self.model, frozen, config.distill.estimator)
         self.loss = DistillationLoss(config.distill)
-        self.objective = DistillObjective(self.model, frozen, self.loss)
+        self.objective = DistillObjective(
+            self.model, frozen, self.loss, config.student_training.pitch_weight
+        )
         self._val_clips: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] | None = None
         self._real_bits: float | None = None
 
@@ -162,12 +184,13 @@ class StudentStage(Stage):
         self.teacher.to(device)
 
     def fresh_start(self) -> None:
-        """A harmonic source's pitch predictor starts fitted on whole training clips (same seed,
-        same result on every rank); a resumed run skips it: its checkpoint holds the weights."""
-        steps = self.config.distill.pitch_init_steps
-        if self.model.source is not None and steps > 0:
+        """A pitch predictor the student trains itself (its teacher had none) starts fitted on
+        whole training clips (same seed, same result on every rank); a resumed run skips it:
+        its checkpoint holds the weights."""
+        steps = self.training.pitch_init_steps
+        if _trains_pitch(self.model) and steps > 0:
             clips = [self.corpus.load(e) for e in self.corpus.items("train")]
-            fit_predictor(self.model.source, clips, steps, seed=self.training.seed)
+            fit_predictor(self.model.pitch, clips, steps, seed=self.training.seed)
 
     def train_module(self) -> nn.Module:
         return self.objective

@@ -29,9 +29,10 @@ from distill.audio import QUANT_STEP
 from distill.config import Config
 from distill.data import PreparedCorpus, SegmentDataset
 from distill.flows import gaussian_log_prob
-from distill.flows.linear_prediction import LinearPredictive
+from distill.flows.linear_prediction import K_MAX, LinearPredictive
 from distill.metrics import flac_bits_per_sample, nll_bits_per_sample, prediction_gain_db
 from distill.models import Teacher
+from distill.pitch import fit_predictor
 from distill.training.media import log_generated_vs_real, media_excerpt
 from distill.training.stage import Stage, TrainResult, training_corpus
 
@@ -48,11 +49,16 @@ class TeacherLikelihood(nn.Module):
     def forward(self, audio: torch.Tensor, mel: torch.Tensor):
         """audio (B, T), mel (B, n_mels, F) -> log p(audio | mel) (B,) nats in float32, and
         for statistics (detached, float32, (B, T)): per-step log sigma and the residual
-        ``audio - mu`` of the one-step prediction."""
+        ``audio - mu`` of the one-step prediction. With a pitch predictor, also its loss
+        against YIN on the audio and its metrics (else None, {}): it is part of the teacher's
+        forward so that DDP sees every parameter it trains."""
         mu, log_sigma = self.teacher.gaussian_conditionals(audio, mel)
         log_prob = gaussian_log_prob(audio, mu, log_sigma)
         residual = (audio.float() - mu.float()).detach()
-        return log_prob, log_sigma.detach().float(), residual
+        pitch, metrics = None, {}
+        if self.teacher.pitch is not None:
+            pitch, metrics = self.teacher.pitch.loss(mel, audio)
+        return log_prob, log_sigma.detach().float(), residual, pitch, metrics
 
 
 class TeacherStage(Stage):
@@ -74,8 +80,14 @@ class TeacherStage(Stage):
     # --- training -----------------------------------------------------------------------------
 
     def fresh_start(self) -> None:
-        """The data-dependent initialisation (a resumed run loads its weights instead)."""
+        """The data-dependent initialisation and the pitch predictor's supervised start on
+        whole training clips (a resumed run loads its weights instead; same seed, same result
+        on every rank)."""
         self.data_init()
+        steps = self.training.pitch_init_steps
+        if self.model.pitch is not None and steps > 0:
+            clips = [self.corpus.load(e) for e in self.corpus.items("train")]
+            fit_predictor(self.model.pitch, clips, steps, seed=self.training.seed)
 
     @torch.no_grad()
     def data_init(self, num_segments: int = 64) -> float:
@@ -88,11 +100,12 @@ class TeacherStage(Stage):
         the first step). Without it the first few hundred steps are spent shrinking sigma,
         while the gradient reaching the predicted mean is ~``std^2`` times smaller. The std
         comes from fixed centre crops of the first ``num_segments`` training items, so every
-        rank computes the same. With a linear-prediction path, its bias starts at the
-        least-squares predictor of those crops, and the input scaling and the log-scale use
-        its residual std (the WaveNet reads that residual): the model starts where global
-        linear prediction is (a few bits below ``N(0, std)``) and the mel-dependent
-        coefficients and the WaveNet learn what it misses. Returns the std of the audio.
+        rank computes the same. With a linear-prediction path, its reflection coefficients
+        start at those of the crops' linear predictor (autocorrelation method: stable), and
+        the input scaling and the log-scale use its residual std (the WaveNet reads that
+        residual): the model starts where global linear prediction is (a few bits below
+        ``N(0, std)``) and the mel-dependent coefficients and the WaveNet learn what it
+        misses. Returns the std of the audio.
         """
         ds = SegmentDataset(self.corpus, "train", self.training.segment_frames, deterministic=True)
         audio = torch.cat([ds[i][0] for i in range(min(num_segments, len(ds)))])
@@ -101,8 +114,9 @@ class TeacherStage(Stage):
         wavenet = getattr(layer.conditioner, "wavenet", layer.conditioner)
         scale = std
         if isinstance(layer.conditioner, LinearPredictive):
-            coefs, scale = least_squares_predictor(audio.double(), layer.conditioner.order)
-            layer.conditioner.coef_proj.bias.copy_(coefs)
+            reflection, scale = autocorrelation_predictor(audio.double(), layer.conditioner.order)
+            raw = torch.atanh((reflection / K_MAX).clamp(-0.999, 0.999))
+            layer.conditioner.coef_proj.bias.copy_(raw)
             scale = max(scale, 2 * QUANT_STEP)
         wavenet.front.weight.div_(scale)  # the WaveNet reads the audio, or the LP residual
         wavenet.out.bias[1] = max(math.log(scale), layer.log_scale_min + 1.0)
@@ -119,10 +133,15 @@ class TeacherStage(Stage):
 
     def train_step(self, module: nn.Module, batch) -> dict[str, torch.Tensor]:
         audio, mel = batch  # (B, T), (B, n_mels, F)
-        log_prob, log_sigma, residual = module(audio, mel)
+        log_prob, log_sigma, residual, pitch, metrics = module(audio, mel)
         nll = -log_prob.mean() / audio.shape[-1]  # nats per sample
+        loss = nll
+        if pitch is not None:
+            loss = nll + self.training.pitch_weight * pitch
+            metrics = {"loss/pitch": pitch.detach(), **metrics}
         return {
-            "loss": nll,
+            "loss": loss,
+            **metrics,
             "loss/nll": nll.detach(),
             "train/bits_per_sample": nll_bits_per_sample(-nll.detach(), 1),
             "train/prediction_gain_db": prediction_gain_db(
@@ -160,7 +179,7 @@ class TeacherStage(Stage):
         total_lp, total_t, ls_sum, signal, residual = 0.0, 0, 0.0, 0.0, 0.0
         for _, noisy, mel in self.validation_clips():
             x = noisy[None].to(self.device)
-            lp, log_sigma, res = likelihood(x, mel[None].to(self.device))
+            lp, log_sigma, res, _, _ = likelihood(x, mel[None].to(self.device))
             total_lp += float(lp.sum())
             total_t += noisy.numel()
             ls_sum += float(log_sigma.sum())
@@ -204,11 +223,21 @@ class TeacherStage(Stage):
         return lines
 
 
-def least_squares_predictor(audio: torch.Tensor, order: int) -> tuple[torch.Tensor, float]:
-    """Coefficients (oldest sample first) of the best linear predictor of ``audio[t]`` from the
-    ``order`` samples before it, and the std of its residual."""
-    windows = audio.unfold(0, order + 1, 1)  # (N, order + 1): past samples, then the target
-    past, target = windows[:, :-1], windows[:, -1]
-    coefs = torch.linalg.lstsq(past, target[:, None]).solution[:, 0]
-    residual = target - past @ coefs
-    return coefs.float(), float(residual.std())
+def autocorrelation_predictor(audio: torch.Tensor, order: int) -> tuple[torch.Tensor, float]:
+    """Reflection coefficients (order,) of the linear predictor of ``audio`` (T,) by the
+    autocorrelation method (Levinson-Durbin on the biased autocorrelation, so every
+    ``|k| < 1``), and the std of its residual on ``audio``."""
+    n = audio.numel()
+    r = torch.stack([(audio[: n - k] * audio[k:]).sum() for k in range(order + 1)])
+    r[0] = r[0] * (1 + 1e-9) + 1e-12  # white-noise correction: a silent corpus stays defined
+    a = r.new_zeros(0)
+    error = r[0]
+    ks = []
+    for i in range(order):
+        k = (r[i + 1] - (a * r[1 : i + 1].flip(0)).sum()) / error
+        a = torch.cat([a - k * a.flip(0), k[None]])
+        error = error * (1 - k * k)
+        ks.append(k)
+    past = torch.nn.functional.pad(audio, (order, 0)).unfold(0, order, 1)[:n].flip(-1)
+    residual = audio - past @ a
+    return torch.stack(ks).float(), float(residual.std())
