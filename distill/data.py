@@ -25,6 +25,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import os
 import re
 import time
@@ -480,6 +481,9 @@ class SegmentDataset(Dataset):
     - Clips shorter than the segment are zero-padded at the end, and their mel is recomputed
       from the padded audio with :func:`~distill.audio.log_mel`, so it is exactly the features
       of what is returned (silent frames are at the log floor).
+    - ``mel_margin`` > 0: the mel carries that many more frames on each side (the clip's own,
+      or silence at the log floor beyond its ends), for a model to read as context
+      (:class:`distill.models.MelWindow`).
 
     Randomness: with ``seed=None`` draws come from torch's global RNG, which DataLoader reseeds
     per worker and per epoch from the main process, so crops differ every epoch and a run is
@@ -501,6 +505,7 @@ class SegmentDataset(Dataset):
         deterministic: bool = False,
         seed: int | None = None,
         repeat: int = 1,
+        mel_margin: int = 0,
     ):
         self.corpus = corpus if isinstance(corpus, PreparedCorpus) else PreparedCorpus(corpus)
         self.entries = self.corpus.nonempty_items(split)
@@ -516,6 +521,7 @@ class SegmentDataset(Dataset):
         self.deterministic = deterministic
         self.seed = seed
         self.repeat = repeat
+        self.mel_margin = mel_margin
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -545,10 +551,28 @@ class SegmentDataset(Dataset):
                 start = int(torch.randint(0, entry.num_frames - frames + 1, (), generator=gen))
             audio, mel = self.corpus.load_segment(entry, start, frames)
         else:
+            start = 0
             audio, _ = self.corpus.load(entry)
             audio = torch.nn.functional.pad(audio, (0, self.segment_samples - audio.shape[0]))
             with torch.no_grad():
                 mel = log_mel(audio, self.cfg)
+        if self.mel_margin:
+            mel = self._with_margin(entry, start, mel)
         if self.dequantize:
             audio = audio + torch.rand(audio.shape, generator=gen) * QUANT_STEP
         return audio, mel
+
+    def _with_margin(self, entry: Entry, start: int, mel: torch.Tensor) -> torch.Tensor:
+        """``mel`` (n_mels, F) of frames ``[start, start + F)`` with ``mel_margin`` frames of the
+        clip on each side, silence (the log floor) beyond its ends."""
+        m, frames = self.mel_margin, mel.shape[-1]
+        out = torch.full((mel.shape[0], frames + 2 * m), math.log(self.cfg.log_floor))
+        out[:, m : m + frames] = mel
+        lo = max(0, start - m)
+        if lo < start:
+            out[:, m - (start - lo) : m] = self.corpus.load_segment(entry, lo, start - lo)[1]
+        end, hi = min(entry.num_frames, start + frames), min(entry.num_frames, start + frames + m)
+        if end < hi:
+            after = self.corpus.load_segment(entry, end, hi - end)[1]
+            out[:, m + (end - start) : m + (hi - start)] = after
+        return out

@@ -17,6 +17,7 @@ A model is built from a config (``Teacher(config)``) or from a checkpoint file a
 from __future__ import annotations
 
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -30,7 +31,17 @@ from distill.flows import AffineAutoregressive, CausalWaveNet, FlowStack, standa
 from distill.flows.linear_prediction import AudioContext, LinearPredictive
 from distill.pitch import HarmonicSource, PitchPredictor, lag_range, pitch_lags
 
-__all__ = ["MelUpsampler", "AudioFlow", "Teacher", "Student", "check_mel"]
+__all__ = [
+    "MelUpsampler",
+    "MelWindow",
+    "AudioFlow",
+    "Teacher",
+    "Student",
+    "check_mel",
+    "segment_margin",
+    "with_margin",
+    "centre",
+]
 
 
 class MelUpsampler(nn.Module):
@@ -78,6 +89,56 @@ def check_mel(mel: torch.Tensor, audio_config: AudioConfig, name: str = "mel") -
         )
     if not torch.isfinite(mel).all():
         raise InputError(f"{name} holds NaN or Inf values; recompute it from the audio")
+
+
+class MelWindow(NamedTuple):
+    """A mel with ``margin`` frames of context on each side beyond the audio it conditions.
+
+    The model reads the whole window (its features' and its pitch predictor's convolutions see
+    ``margin`` frames further) and conditions only the centre ``F - 2 margin`` frames. Training
+    segments carry one, so that a segment's edge frames are read as a whole clip's inner
+    frames are at synthesis: without it a 32-frame segment has half its frames within the
+    pitch predictor's reach of an edge, and their lags come out wrong.
+    """
+
+    mel: torch.Tensor  # (B, n_mels, F)
+    margin: int
+
+
+def segment_margin(model: AudioFlow) -> int:
+    """Mel frames of context a training segment should carry on each side for ``model``: the
+    reach of its conditioning and the interpolation's next frame when it reads pitch from the
+    mel (0 without: segments are then conditioned on their own frames, as before)."""
+    return model.mel_reach + 1 if model.pitch is not None else 0
+
+
+def with_margin(mel: torch.Tensor, margin: int):
+    """A training batch's mel as the model should read it: a :class:`MelWindow` when the
+    segments carry a margin, the tensor itself when not."""
+    return MelWindow(mel, margin) if margin else mel
+
+
+def centre(mel) -> torch.Tensor:
+    """The frames a mel (or :class:`MelWindow`) conditions: (B, n_mels, F - 2 margin)."""
+    mel, margin = _unwrap(mel)
+    return mel[:, :, margin : mel.shape[-1] - margin]
+
+
+def _unwrap(mel) -> tuple[torch.Tensor, int]:
+    return (mel.mel, mel.margin) if isinstance(mel, MelWindow) else (mel, 0)
+
+
+def _crop(context, mean, margin: int, hop: int):
+    """The centre of what :meth:`AudioFlow.conditioning` read from a :class:`MelWindow`."""
+    if not margin:
+        return context, mean
+    frames = slice(margin, _features(context).shape[-1] - margin)
+    samples = slice(margin * hop, -margin * hop)
+    if isinstance(context, AudioContext):
+        context = AudioContext(context.features[:, :, frames], context.lags[:, samples])
+    else:
+        context = context[:, :, frames]
+    return context, None if mean is None else mean[:, samples]
 
 
 def _features(context) -> torch.Tensor:
@@ -168,15 +229,18 @@ class AudioFlow(nn.Module):
         """Past samples one output sample depends on, through all layers of the stack."""
         return sum(layer.conditioner.receptive_field for layer in self.flow.layers)
 
-    def noise_shape(self, mel: torch.Tensor) -> tuple[int, int]:
-        """Shape of the base noise for a mel batch (B, n_mels, F): (B, F * hop)."""
-        return mel.shape[0], mel.shape[-1] * self.hop_length
+    def noise_shape(self, mel) -> tuple[int, int]:
+        """Shape of the base noise for a mel batch (B, n_mels, F): (B, F * hop); for a
+        :class:`MelWindow`, of its centre."""
+        mel, margin = _unwrap(mel)
+        return mel.shape[0], (mel.shape[-1] - 2 * margin) * self.hop_length
 
     # --- the one map from noise to audio (no input checks: traceable by torch.export) --------
 
-    def conditioning(self, mel: torch.Tensor, frames: list[int] | None = None):
+    def conditioning(self, mel, frames: list[int] | None = None):
         """mel (B, n_mels, F) -> what every layer is conditioned on, and the base
-        distribution's mean (B, F * hop), or None for a zero mean.
+        distribution's mean (B, F * hop), or None for a zero mean. A :class:`MelWindow` is
+        read whole and its centre returned.
 
         The layers get the frame-rate features (B, C, F), or with a long-term predictor an
         :class:`~distill.flows.linear_prediction.AudioContext` of the features and the pitch
@@ -187,8 +251,9 @@ class AudioFlow(nn.Module):
         interpolation clamping sees at its end), its lags and base mean zero-padded: the flows
         are causal, so an item's samples equal those of decoding it alone.
         """
+        mel, margin = _unwrap(mel)
         if frames is None:
-            return self._conditioning(mel)
+            return _crop(*self._conditioning(mel), margin, self.hop_length)
         longest, hop = mel.shape[-1], self.hop_length
         parts = [self._conditioning(mel[b : b + 1, :, :f]) for b, f in enumerate(frames)]
         pad = [longest - f for f in frames]
@@ -231,20 +296,27 @@ class AudioFlow(nn.Module):
 
     # --- the protocol: checked inputs, everything takes the mel ----------------------------
 
-    def _checked(self, mel: torch.Tensor, audio: torch.Tensor | None = None) -> None:
-        check_mel(mel, self.audio_config)
+    def _checked(self, mel, audio: torch.Tensor | None = None) -> None:
+        window, margin = _unwrap(mel)
+        check_mel(window, self.audio_config)
+        if margin < 0 or 2 * margin >= window.shape[-1]:
+            raise InputError(
+                f"a MelWindow's margin must leave frames in its centre: margin {margin} on a "
+                f"mel of {window.shape[-1]} frames"
+            )
         if audio is None:
             return
         expected = self.noise_shape(mel)
         if audio.dim() != 2 or tuple(audio.shape) != expected:
             raise InputError(
                 f"audio and noise must have shape (batch, frames * hop_length) = {expected} for "
-                f"a mel of {mel.shape[-1]} frames, found {tuple(audio.shape)}"
+                f"a mel of {window.shape[-1] - 2 * margin} frames, found {tuple(audio.shape)}"
             )
 
     def _scaled_noise(self, mel, temperature: float, noise: torch.Tensor | None) -> torch.Tensor:
         if noise is None:
-            noise = torch.randn(self.noise_shape(mel), dtype=mel.dtype, device=mel.device)
+            window, _ = _unwrap(mel)
+            noise = torch.randn(self.noise_shape(mel), dtype=window.dtype, device=window.device)
         else:
             self._checked(mel, noise)
         return noise * temperature

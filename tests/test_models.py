@@ -19,7 +19,7 @@ from distill.config import (
 )
 from distill.errors import CheckpointError, ConfigError, InputError
 from distill.flows.linear_prediction import LinearPredictive
-from distill.models import Student, Teacher
+from distill.models import MelWindow, Student, Teacher, segment_margin
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = [
@@ -353,3 +353,34 @@ def test_shift_and_log_scale_layers_stay_float32_under_bf16_autocast():
     assert dtypes["head"] == torch.bfloat16  # autocast is on for the body
     assert dtypes["out"] == dtypes["coef"] == dtypes["scale"] == torch.float32
     assert mu.dtype == log_sigma.dtype == torch.float32
+
+
+def test_a_mel_window_conditions_its_centre_as_the_whole_clip_does():
+    """Training segments carry mel context: the centre of a window is conditioned exactly as
+    those frames are inside the whole clip (features, pitch lags), while the bare segment
+    differs at its edges. (The excitation's phase starts wherever the mel starts: only its
+    shape is the centre's.)"""
+    cfg = tiny_config(
+        "student.linear_prediction_order=3",
+        "student.long_term_taps=1",
+        "student.harmonic_source=true",
+    )
+    student = randomized(Student(cfg))
+    mel = mel_batch(batch=1, frames=40)
+    margin = segment_margin(student)
+    assert margin == student.mel_reach + 1 > 1
+    whole_ctx, whole_mean = student.conditioning(mel)
+    a, b = 12, 24  # the segment's frames
+    ctx, mean = student.conditioning(MelWindow(mel[:, :, a - margin : b + margin], margin))
+    hop = student.hop_length
+    torch.testing.assert_close(ctx.features, whole_ctx.features[:, :, a:b], atol=1e-12, rtol=0)
+    assert torch.equal(ctx.lags, whole_ctx.lags[:, a * hop : b * hop])
+    assert mean.shape == (1, (b - a) * hop) == whole_mean[:, a * hop : b * hop].shape
+    bare, _ = student.conditioning(mel[:, :, a:b])
+    assert not torch.allclose(bare.features, whole_ctx.features[:, :, a:b])
+    noise = torch.randn(student.noise_shape(MelWindow(mel[:, :, :20], 3)), dtype=torch.float64)
+    assert noise.shape == (1, 14 * hop)
+    x = student.sample(MelWindow(mel[:, :, :20], 3), noise=noise)
+    assert x.shape == noise.shape
+    with pytest.raises(InputError, match="margin"):
+        student.sample(MelWindow(mel[:, :, :6], 3))

@@ -43,7 +43,7 @@ from distill.data import PreparedCorpus, SegmentDataset
 from distill.errors import CheckpointError, ConfigError
 from distill.losses import DistillationLoss, check_estimator
 from distill.metrics import nll_bits_per_sample
-from distill.models import Student, Teacher
+from distill.models import Student, Teacher, centre, segment_margin, with_margin
 from distill.pitch import fit_predictor
 from distill.training.media import log_generated_vs_real, media_excerpt
 from distill.training.stage import Stage, TrainResult, training_corpus
@@ -138,7 +138,7 @@ class DistillObjective(nn.Module):
         out = result.scalars()
         out["loss"] = result.total  # scalars() detaches; the loop backpropagates this one
         if _trains_pitch(self.student):  # its F0 predictor learns from YIN on the real clip
-            pitch, metrics = self.student.pitch.loss(mel, audio)
+            pitch, metrics = self.student.pitch.loss(centre(mel), audio)
             out["loss"] = out["loss"] + self.pitch_weight * pitch
             out["loss/pitch"] = pitch.detach()
             out.update(metrics)
@@ -198,11 +198,17 @@ class StudentStage(Stage):
     def train_dataset(self) -> SegmentDataset:
         tc = self.training
         return SegmentDataset(
-            self.corpus, "train", tc.segment_frames, dequantize=False, seed=tc.seed
+            self.corpus,
+            "train",
+            tc.segment_frames,
+            dequantize=False,
+            seed=tc.seed,
+            mel_margin=segment_margin(self.model),
         )
 
     def train_step(self, module: nn.Module, batch) -> dict[str, torch.Tensor]:
-        audio, mel = batch  # (B, T), (B, n_mels, F)
+        audio, mel = batch  # (B, T), (B, n_mels, F + 2 margin)
+        mel = with_margin(mel, segment_margin(self.model))
         return module(audio, mel)
 
     def checkpoint_extra(self) -> dict[str, Any]:

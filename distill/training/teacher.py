@@ -31,7 +31,7 @@ from distill.data import PreparedCorpus, SegmentDataset
 from distill.flows import gaussian_log_prob
 from distill.flows.linear_prediction import K_MAX, LinearPredictive
 from distill.metrics import flac_bits_per_sample, nll_bits_per_sample, prediction_gain_db
-from distill.models import Teacher
+from distill.models import Teacher, centre, segment_margin, with_margin
 from distill.pitch import fit_predictor
 from distill.training.media import log_generated_vs_real, media_excerpt
 from distill.training.stage import Stage, TrainResult, training_corpus
@@ -57,7 +57,7 @@ class TeacherLikelihood(nn.Module):
         residual = (audio.float() - mu.float()).detach()
         pitch, metrics = None, {}
         if self.teacher.pitch is not None:
-            pitch, metrics = self.teacher.pitch.loss(mel, audio)
+            pitch, metrics = self.teacher.pitch.loss(centre(mel), audio)
         return log_prob, log_sigma.detach().float(), residual, pitch, metrics
 
 
@@ -128,11 +128,17 @@ class TeacherStage(Stage):
     def train_dataset(self) -> SegmentDataset:
         tc = self.training
         return SegmentDataset(
-            self.corpus, "train", tc.segment_frames, dequantize=True, seed=tc.seed
+            self.corpus,
+            "train",
+            tc.segment_frames,
+            dequantize=True,
+            seed=tc.seed,
+            mel_margin=segment_margin(self.model),
         )
 
     def train_step(self, module: nn.Module, batch) -> dict[str, torch.Tensor]:
-        audio, mel = batch  # (B, T), (B, n_mels, F)
+        audio, mel = batch  # (B, T), (B, n_mels, F + 2 margin)
+        mel = with_margin(mel, segment_margin(self.model))
         log_prob, log_sigma, residual, pitch, metrics = module(audio, mel)
         nll = -log_prob.mean() / audio.shape[-1]  # nats per sample
         loss = nll
