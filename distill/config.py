@@ -233,11 +233,20 @@ class StudentConfig(FlowModelConfig):
         ),
     ) * 4
     harmonic_source: bool = False  # base N(pulse train at the mel's predicted F0, I); pitch.py
+    # a last flow feeding the output back one pitch period (an IIR comb at the mel's pitch,
+    # as the teacher's long-term predictor generates); its taps' half width is long_term_taps
+    long_term_feedback: bool = False
 
     def __post_init__(self):
         super().__post_init__()
         if not self.flows:
             raise _Invalid("StudentConfig", "flows", "must list at least one WaveNet flow")
+        if self.long_term_feedback and not self.long_term_taps:
+            raise _Invalid(
+                "StudentConfig",
+                "long_term_feedback",
+                "needs long_term_taps > 0 (the feedback's taps and the pitch lags it reads)",
+            )
 
 
 @dataclass(frozen=True)

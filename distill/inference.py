@@ -28,6 +28,7 @@ import torch.nn.functional as F
 
 from distill.config import AudioConfig
 from distill.errors import AudioError, ConfigError, InputError
+from distill.flows import bound_log_scale
 from distill.flows.linear_prediction import AudioContext
 from distill.models import Student
 
@@ -328,13 +329,18 @@ class Synthesizer:
                 pad = u.new_zeros(batch, (w1 - f1) * hop)
                 for k, layer in enumerate(layers):
                     w0 = max(0, f0 - history[k])
+                    # an IAF layer keeps its past inputs, a MAF (feedback) layer its outputs
                     past = inputs[k] if inputs[k] is not None else u.new_zeros(batch, 0)
-                    window = torch.cat([past, u, pad], dim=1)  # frames [w0, w1)
                     ctx = _frames_of(context, w0 - m0, w1 - m0, hop)
-                    shift, log_scale = layer.params(window, ctx)
                     lo, hi = (f0 - w0) * hop, (f1 - w0) * hop
-                    x = u * torch.exp(log_scale[:, lo:hi]) + shift[:, lo:hi]
-                    inputs[k] = torch.cat([past, u], dim=1)[:, -history[k] * hop :]
+                    if layer.mode == "maf":
+                        x = _solve_in_blocks(layer, past, u, pad, ctx)
+                        inputs[k] = torch.cat([past, x], dim=1)[:, -history[k] * hop :]
+                    else:
+                        window = torch.cat([past, u, pad], dim=1)  # frames [w0, w1)
+                        shift, log_scale = layer.params(window, ctx)
+                        x = u * torch.exp(log_scale[:, lo:hi]) + shift[:, lo:hi]
+                        inputs[k] = torch.cat([past, u], dim=1)[:, -history[k] * hop :]
                     u = x
             chunk = self._output(u)
             yield chunk[0] if unbatched else chunk
@@ -450,6 +456,22 @@ class Synthesizer:
         if not torch.isfinite(x).all():
             raise InputError(f"{name} holds NaN or Inf values; recompute it from the audio")
         return x.to(device=self.device, dtype=self.dtype)
+
+
+def _solve_in_blocks(layer, past: torch.Tensor, u: torch.Tensor, pad: torch.Tensor, ctx):
+    """A block-sampled MAF layer (the long-term feedback) over one chunk: its outputs ``x``
+    for the inputs ``u``, given its ``past`` outputs (at least its receptive field) and the
+    context of the window ``[past, u, pad]``."""
+    cond = layer.conditioner
+    start, stop = past.shape[-1], past.shape[-1] + u.shape[-1]
+    window = torch.cat([past, torch.zeros_like(u), pad.new_zeros(pad.shape)], dim=1)
+    c = cond.condition(ctx, window.shape[-1])
+    for t0 in range(start, stop, cond.delay):
+        t1 = min(stop, t0 + cond.delay)
+        shift, raw = cond.block(window, c, t0, t1)
+        a = bound_log_scale(raw, layer.log_scale_min)
+        window[:, t0:t1] = u[:, t0 - start : t1 - start] * torch.exp(a) + shift
+    return window[:, start:stop]
 
 
 def _frames_of(context, a: int, b: int, hop: int):

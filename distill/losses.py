@@ -164,8 +164,9 @@ def check_estimator(student, teacher, estimator: str) -> None:
     """Fail early, with the fix, when ``estimator`` cannot work for this student and teacher.
 
     The closed form needs every layer of both stacks affine autoregressive in one order (no
-    permutations between layers), IAF layers in the student and MAF layers in the teacher.
-    (Which names ``estimator`` may take is checked with the config.)
+    permutations between layers), MAF layers in the teacher, and in the student IAF layers or
+    MAF layers that sample in blocks (a conditioner with ``block``, as the long-term
+    feedback). (Which names ``estimator`` may take is checked with the config.)
     """
     if estimator != "closed_form":
         return
@@ -178,7 +179,8 @@ def check_estimator(student, teacher, estimator: str) -> None:
                     "(a permutation between layers changes the order); use "
                     "distill.estimator=monte_carlo, or build the flows with permute=False"
                 )
-            if layer.mode != mode:
+            sampled_in_blocks = name == "student" and hasattr(layer.conditioner, "block")
+            if layer.mode != mode and not sampled_in_blocks:
                 raise ConfigError(
                     f"distill.estimator=closed_form needs {mode.upper()} layers in the {name}, "
                     f"but {name} layer {i} is {layer.mode.upper()}"

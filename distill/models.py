@@ -28,7 +28,7 @@ from distill.checkpoint import load_checkpoint
 from distill.config import AudioConfig, Config, FlowModelConfig, WaveNetConfig
 from distill.errors import CheckpointError, InputError
 from distill.flows import AffineAutoregressive, CausalWaveNet, FlowStack, standard_normal_log_prob
-from distill.flows.linear_prediction import AudioContext, LinearPredictive
+from distill.flows.linear_prediction import AudioContext, LinearPredictive, LongTermFeedback
 from distill.pitch import HarmonicSource, PitchPredictor, lag_range, pitch_lags
 
 __all__ = [
@@ -396,7 +396,9 @@ class Student(AudioFlow):
     With ``student.harmonic_source`` the base is ``N(source(mel), I)``: a pulse train at the
     F0 predicted from the mel (:mod:`distill.pitch`); without it ``N(0, I)``. Its pitch
     predictor (for the source and the long-term predictor's lags) is the teacher's, copied and
-    frozen when the teacher has one, so the two models read the same lags from a mel.
+    frozen when the teacher has one, so the two models read the same lags from a mel. With
+    ``student.long_term_feedback`` its last flow feeds its output back one pitch period
+    (:class:`~distill.flows.linear_prediction.LongTermFeedback`), sampled in blocks.
     """
 
     kind = "student"
@@ -404,6 +406,10 @@ class Student(AudioFlow):
     def __init__(self, config: Config):
         s = config.student
         super().__init__(config, s, s.flows, "iaf")
+        if s.long_term_feedback:
+            shortest, longest = lag_range(config.audio)
+            feedback = LongTermFeedback(s.upsampler_channels, s.long_term_taps, shortest, longest)
+            self.flow.layers.append(AffineAutoregressive(feedback, "maf", s.log_scale_min))
         if s.harmonic_source or self.long_term:
             self.pitch = PitchPredictor(config.audio)
         if s.harmonic_source:

@@ -25,6 +25,7 @@ from distill.flows.linear_prediction import (
     K_MAX,
     AudioContext,
     LinearPredictive,
+    LongTermFeedback,
     step_down,
     step_up,
 )
@@ -55,6 +56,9 @@ def randomize_outputs(module: torch.nn.Module, std: float = 0.3) -> None:
             for proj in projs:
                 torch.nn.init.normal_(proj.weight, std=std)
                 torch.nn.init.normal_(proj.bias, std=std)
+        if isinstance(m, LongTermFeedback):
+            torch.nn.init.normal_(m.lag_proj.weight, std=std)
+            torch.nn.init.normal_(m.lag_proj.bias, std=std)
 
 
 def wavenet_layer(
@@ -99,6 +103,11 @@ def lagged_audio_case(frames: int = 4, hop: int = 3, batch: int = 1):
     return x, AudioContext(features, lags)
 
 
+def feedback_layer(half_width: int = 1):
+    """The long-term feedback as a MAF layer: lags of 4-7 samples, so blocks of 4 - J."""
+    return AffineAutoregressive(LongTermFeedback(3, half_width, 4, MAX_TEST_LAG), "maf")
+
+
 LAYERS = {
     "made-maf": (lambda: made_layer("maf"), vector_case),
     "made-iaf": (lambda: made_layer("iaf"), vector_case),
@@ -109,6 +118,7 @@ LAYERS = {
     "wavenet-k3-maf": (lambda: wavenet_layer("maf", (1, 3), kernel_size=3), audio_case),
     "ltp-wavenet-maf": (lambda: wavenet_layer("maf", lp_order=3, lag_taps=1), lagged_audio_case),
     "ltp-wavenet-iaf": (lambda: wavenet_layer("iaf", lp_order=3, lag_taps=1), lagged_audio_case),
+    "feedback-maf": (feedback_layer, lagged_audio_case),
 }
 
 
@@ -339,6 +349,46 @@ def test_iaf_per_step_gaussians_match_the_sample(num_layers):
     torch.testing.assert_close(x, z * torch.exp(log_scale) + mean, atol=1e-9, rtol=0)
     torch.testing.assert_close(log_prob, log_prob_ref, atol=1e-9, rtol=0)
     torch.testing.assert_close(gaussian_log_prob(x, mean, log_scale), log_prob, atol=1e-9, rtol=0)
+
+
+def test_a_sampling_stack_with_the_feedback_layer_has_per_step_gaussians():
+    """IAF layers then a block-sampled MAF layer (the student's long-term feedback): the
+    per-step Gaussians given z_{<t} reproduce the sample and its log-density."""
+    stack = FlowStack(
+        [wavenet_layer("iaf", lp_order=3, lag_taps=1) for _ in range(2)] + [feedback_layer()]
+    )
+    randomize_outputs(stack)
+    z, ctx = lagged_audio_case(frames=8, hop=3, batch=2)
+    x, log_prob, mean, log_scale = stack.sample_with_conditionals(z, ctx)
+    x_ref, log_prob_ref = stack.sample_with_log_prob(z, ctx)
+    torch.testing.assert_close(x, x_ref, atol=1e-12, rtol=0)
+    torch.testing.assert_close(x, z * torch.exp(log_scale) + mean, atol=1e-9, rtol=0)
+    torch.testing.assert_close(log_prob, log_prob_ref, atol=1e-9, rtol=0)
+    torch.testing.assert_close(gaussian_log_prob(x, mean, log_scale), log_prob, atol=1e-9, rtol=0)
+    torch.testing.assert_close(stack.log_prob(x, ctx), log_prob, atol=1e-9, rtol=0)
+
+
+@pytest.mark.parametrize("half_width", [0, 2])
+def test_feedback_in_blocks_equals_sample_by_sample(half_width):
+    """Solving ``delay`` samples at once is exact: it equals the one-sample-at-a-time
+    recursion ``x_t = z_t + sum_j b_j x_{t - L + j}``, which is an IIR comb (it rings on)."""
+    layer = feedback_layer(half_width)
+    randomize_outputs(layer)
+    z, ctx = lagged_audio_case(frames=12, hop=3, batch=2)
+    blocks, _ = layer(z, ctx)
+    one_by_one, _ = layer(z, ctx, naive=True)
+    torch.testing.assert_close(blocks, one_by_one, atol=1e-12, rtol=0)
+    taps, _ = layer.conditioner.condition(ctx, z.shape[-1])
+    x = torch.zeros_like(z)
+    a = bound_log_scale(torch.zeros(()), layer.log_scale_min)
+    for t in range(z.shape[-1]):
+        x[:, t] = z[:, t] * torch.exp(a)
+        for b in range(2):
+            lag = int(ctx.lags[b, t])
+            for j in range(-half_width, half_width + 1):
+                if lag and t - lag + j >= 0:
+                    x[b, t] += taps[b, j + half_width, t] * x[b, t - lag + j]
+    torch.testing.assert_close(blocks, x, atol=1e-12, rtol=0)
 
 
 def test_per_step_gaussians_refuse_permuted_stacks():

@@ -54,10 +54,15 @@ def randomize(module: torch.nn.Module, std: float = 0.3, seed: int = 0) -> torch
     return module
 
 
-def tiny_student(seed: int = 0, harmonic_source: bool = False, long_term: bool = False) -> Student:
+def tiny_student(
+    seed: int = 0, harmonic_source: bool = False, long_term: bool = False, feedback: bool = False
+) -> Student:
     """A random tiny student; ``long_term``: linear prediction and a long-term predictor, whose
-    random pitch predictor gives lags of 44-441 samples, voiced on some frames only."""
+    random pitch predictor gives lags of 16-160 samples (8 kHz), voiced on some frames only;
+    ``feedback``: and the long-term feedback as its last flow."""
     lp = {"linear_prediction_order": 3, "long_term_taps": 2} if long_term else {}
+    if feedback:
+        lp["long_term_feedback"] = True
     config = dataclasses.replace(
         TINY, student=dataclasses.replace(TINY.student, harmonic_source=harmonic_source, **lp)
     )
@@ -170,10 +175,18 @@ def checkpoints(tmp_path_factory):
 
 @pytest.mark.parametrize(
     "chunk_frames,batched,long_term",
-    [(1, False, False), (3, True, False), (8, False, False), (64, True, False), (5, True, True)],
+    [
+        (1, False, False),
+        (3, True, False),
+        (8, False, False),
+        (64, True, False),
+        (5, True, "predictor"),
+        (4, False, "feedback"),
+    ],
 )
 def test_streaming_equals_one_pass(chunk_frames, batched, long_term):
-    syn = Synthesizer(tiny_student(long_term=long_term), device="cpu", dtype="float64")
+    student = tiny_student(long_term=bool(long_term), feedback=long_term == "feedback")
+    syn = Synthesizer(student, device="cpu", dtype="float64")
     # chunks need more history than one frame: the last flow sees 32 samples = 2 frames back
     assert syn.receptive_field > syn.hop_length
     frames = 13 if chunk_frames == 1 else 29
@@ -274,14 +287,18 @@ def test_synthesizer_rejects_bad_mels():
 @pytest.mark.usefixtures("float64")
 @pytest.mark.parametrize(
     "harmonic_source,long_term",
-    [(False, False), (True, False), (True, True)],
-    ids=["noise-base", "harmonic-source", "source-and-long-term"],
+    [(False, False), (True, False), (True, True), (False, "feedback")],
+    ids=["noise-base", "harmonic-source", "source-and-long-term", "long-term-feedback"],
 )
 def test_synthesizer_equals_student_sample(harmonic_source, long_term):
     """One decode path: the Synthesizer (one pass and ragged batches) synthesises what
     Student.sample does for the same noise, the harmonic source and the long-term predictor's
     lags included."""
-    student = tiny_student(harmonic_source=harmonic_source, long_term=long_term)
+    student = tiny_student(
+        harmonic_source=harmonic_source,
+        long_term=bool(long_term),
+        feedback=long_term == "feedback",
+    )
     mels = [mel_like(9, 1), mel_like(14, 2)]
     noise = [block_noise(3, i, 0, m.shape[-1] * 16) for i, m in enumerate(mels)]
     with torch.no_grad():
@@ -306,6 +323,12 @@ def test_a_harmonic_source_is_refused_where_it_is_not_supported_yet(tmp_path):
     ckpt = tmp_path / "student.pt"
     config = student.config
     save_checkpoint(ckpt, {"kind": "student", "config": config, "model": student.state_dict()})
+    assert main(["export", "--checkpoint", str(ckpt), "--out", str(tmp_path / "s.pt2")]) == 2
+    assert not (tmp_path / "s.pt2").exists()
+    student = tiny_student(long_term=True, feedback=True)
+    save_checkpoint(
+        ckpt, {"kind": "student", "config": student.config, "model": student.state_dict()}
+    )
     assert main(["export", "--checkpoint", str(ckpt), "--out", str(tmp_path / "s.pt2")]) == 2
     assert not (tmp_path / "s.pt2").exists()
 

@@ -47,6 +47,12 @@ def export_student(student, example_frames: int = 24):
             "pulse train has data-dependent control flow that torch.export cannot trace); "
             "synthesise with distill synthesize or the Synthesizer instead"
         )
+    if student.config.student.long_term_feedback:
+        raise ConfigError(
+            "distill export does not support a student with student.long_term_feedback yet (its "
+            "last flow is solved in blocks by a loop whose length depends on the clip's, which "
+            "torch.export specialises); synthesise with distill synthesize or the Synthesizer"
+        )
     hop, n_mels = student.hop_length, student.audio_config.n_mels
     module = ExportableStudent(student).eval()
     frames = Dim("frames", min=2, max=1 << 20)

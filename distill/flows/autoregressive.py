@@ -91,11 +91,28 @@ class AffineAutoregressive(nn.Module):
         """Build ``u`` in order: ``u_i = solve(y_i, m_i, a_i)`` with ``(m, a) = NN(u_{<i})``.
 
         Returns ``u`` and the log-scales used. ``naive`` recomputes over the receptive field at
-        each step instead of using the conditioner's cache (for benchmarks and tests).
+        each step instead of using the conditioner's cache (for benchmarks and tests). A
+        conditioner with a ``block`` method (a minimum ``delay`` > 1 between what it reads and
+        what it predicts) is solved ``delay`` samples at a time.
         """
         length = y.shape[-1]
         cond = self.conditioner
         outputs, log_scales = [], []
+        if hasattr(cond, "block") and not naive:
+            # every term reads at least `delay` samples back: solve a block of them at once
+            c = cond.condition(context, length)
+            u = y.new_zeros(y.shape)  # zero from the block being solved on
+            for t0 in range(0, length, cond.delay):
+                t1 = min(length, t0 + cond.delay)
+                shift, raw = cond.block(u, c, t0, t1)
+                a = bound_log_scale(raw, self.log_scale_min)
+                u_block = solve(y[:, t0:t1], shift, a)
+                if torch.is_grad_enabled():  # autograd (tests) must not see u change in place
+                    u = torch.cat([u[:, :t0], u_block, u[:, t1:]], dim=-1)
+                else:
+                    u[:, t0:t1] = u_block
+                log_scales.append(a)
+            return u, torch.cat(log_scales, dim=-1)
         if hasattr(cond, "start") and not naive:
             state = cond.start(context, length)
             for t in range(length):

@@ -38,7 +38,17 @@ from torch import nn
 
 from distill.flows.wavenet import CausalWaveNet, full_precision
 
-__all__ = ["AudioContext", "LinearPredictive", "K_MAX", "step_up", "step_down", "MAX_LAG_TAPS"]
+__all__ = [
+    "AudioContext",
+    "LinearPredictive",
+    "LongTermFeedback",
+    "K_MAX",
+    "MAX_LAG_TAPS",
+    "step_up",
+    "step_down",
+    "tap_index",
+    "long_term",
+]
 
 K_MAX = 0.999
 """Largest reflection coefficient magnitude: poles stay at least ~1e-3 inside the unit circle
@@ -85,6 +95,25 @@ def step_down(a: torch.Tensor) -> torch.Tensor:
             prev = a[..., :i]
             a = (prev + ki * prev.flip(-1)) / (1 - ki * ki)
     return torch.cat(ks[::-1], dim=-1)
+
+
+def tap_index(lags: torch.Tensor, half_width: int) -> torch.Tensor:
+    """(B, T) lags -> (B, T, 2J + 1) positions ``t - L_t + j``, ``j = -J .. J``, or ``T`` (a
+    zero appended after the signal) where the lag is 0 or the tap reaches before the start."""
+    length = lags.shape[-1]
+    j = torch.arange(-half_width, half_width + 1, device=lags.device)
+    t = torch.arange(length, device=lags.device)
+    index = t[None, :, None] - lags[..., None] + j
+    valid = (lags[..., None] > 0) & (index >= 0)
+    return torch.where(valid, index, length)
+
+
+def long_term(signal: torch.Tensor, taps: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """``sum_j taps[j, t] * signal[index[t, j]]``: signal (B, T), taps (B, 2J + 1, T), index
+    from :func:`tap_index` -> (B, T)."""
+    padded = F.pad(signal, (0, 1))  # the zero that invalid taps read
+    past = padded.gather(1, index.flatten(1)).view(index.shape)
+    return (past * taps.transpose(1, 2)).sum(-1)
 
 
 @dataclass
@@ -173,21 +202,10 @@ class LinearPredictive(nn.Module):
         return (windows * coefs.transpose(1, 2)).sum(-1)
 
     def _tap_index(self, lags: torch.Tensor) -> torch.Tensor:
-        """(B, T) lags -> (B, T, 2J + 1) positions ``t - L_t + j`` in the residual, or ``T``
-        (the zero after it) where the lag is 0 or reaches before the start."""
-        length = lags.shape[-1]
-        j = torch.arange(-self.long_term_taps, self.long_term_taps + 1, device=lags.device)
-        t = torch.arange(length, device=lags.device)
-        index = t[None, :, None] - lags[..., None] + j
-        valid = (lags[..., None] > 0) & (index >= 0)
-        return torch.where(valid, index, length)
+        return tap_index(lags, self.long_term_taps)
 
     def _long_term(self, residual, taps, lags) -> torch.Tensor:
-        """sum_j taps[j, t] * r_{t - L_t + j}: (B, T)."""
-        index = self._tap_index(lags)
-        padded = F.pad(residual, (0, 1))  # the zero that invalid taps read
-        past = padded.gather(1, index.flatten(1)).view(index.shape)
-        return (past * taps.transpose(1, 2)).sum(-1)
+        return long_term(residual, taps, tap_index(lags, self.long_term_taps))
 
     def forward(self, u: torch.Tensor, cond) -> tuple[torch.Tensor, torch.Tensor]:
         """u: (B, T), cond -> shift (B, T), raw log-scale (B, T)."""
@@ -261,3 +279,62 @@ class LinearPredictive(nn.Module):
                 state.residual[:, state.t] = r_t
         state.window = torch.cat([state.window[:, 1:], u_t[:, None]], dim=1)
         state.t += 1
+
+
+class LongTermFeedback(nn.Module):
+    """A conditioner of the long-term term alone, for a MAF layer in a *sampling* stack:
+    ``shift_t = sum_j b_j(c_t) u_{t - L_t + j}``, raw log-scale 0, ``u`` the layer's output.
+
+    As the last layer of the IAF student it is an IIR comb filter at the mel's pitch,
+    ``x_t = v_t + sum_j b_j x_{t - L + j}``: what the teacher's long-term predictor does in
+    free-running generation, and what a stack of IAF layers, each an FIR of its input, can only
+    approximate with as many echoes as it has layers. Its sampling is sequential, but every
+    term reads at least :attr:`delay` samples back (the shortest lag less ``J``), so a whole
+    block of ``delay`` samples is solved at once (:meth:`block`): a second of audio is a few
+    hundred small steps, not 22,050. Its per-step Gaussians are those of any MAF layer (shift
+    from the past output, scale 1), so the closed-form KL holds.
+    """
+
+    def __init__(self, cond_channels: int, half_width: int, min_lag: int, max_lag: int):
+        super().__init__()
+        if not 0 <= half_width < min_lag:
+            raise ValueError(
+                f"the long-term taps' half width must be in [0, {min_lag}) (the shortest lag), "
+                f"found {half_width}"
+            )
+        self.half_width = half_width
+        self.delay = min_lag - half_width
+        self.max_lag = max_lag
+        self.lag_proj = nn.Conv1d(cond_channels, 2 * half_width + 1, 1)
+        nn.init.zeros_(self.lag_proj.weight)
+        nn.init.zeros_(self.lag_proj.bias)
+
+    @property
+    def receptive_field(self) -> int:
+        return self.max_lag + self.half_width
+
+    def condition(self, cond, length: int):
+        """Taps (B, 2J + 1, T) and tap positions (B, T, 2J + 1) for a clip of ``length``."""
+        features, lags = _split(cond)
+        if lags is None:
+            raise ValueError("LongTermFeedback needs an AudioContext with pitch lags")
+        taps = full_precision(self.lag_proj, features)
+        if taps.shape[-1] != length:
+            taps = F.interpolate(taps, size=length, mode="linear", align_corners=False)
+        return taps, tap_index(lags, self.half_width)
+
+    def forward(self, u: torch.Tensor, cond) -> tuple[torch.Tensor, torch.Tensor]:
+        """u: (B, T) -> shift (B, T), raw log-scale (B, T) (zeros)."""
+        taps, index = self.condition(cond, u.shape[-1])
+        shift = long_term(u, taps, index)
+        return shift, torch.zeros_like(shift)
+
+    def block(self, u: torch.Tensor, c, t0: int, t1: int):
+        """Shift and raw log-scale of samples ``[t0, t1)`` (``t1 - t0 <= delay``) from ``u``
+        (B, T), the layer's output so far: zero from ``t0`` on, which is what a tap reaching
+        past the start or with no lag reads (position ``T`` clamps onto a zero)."""
+        taps, index = c
+        where = index[:, t0:t1].clamp(max=u.shape[-1] - 1)
+        past = u.gather(1, where.flatten(1)).view(where.shape)
+        shift = (past * taps[:, :, t0:t1].transpose(1, 2)).sum(-1)
+        return shift, torch.zeros_like(shift)

@@ -128,11 +128,14 @@ class FlowStack(nn.Module):
     def sample_with_conditionals(
         self, noise: torch.Tensor, context: torch.Tensor, base_mean: torch.Tensor | None = None
     ):
-        """IAF stack: sample x, its log-density, and the per-step ``M_t, log S_t`` given ``z_{<t}``.
+        """Sampling stack: sample x, its log-density, and the per-step ``M_t, log S_t`` given
+        ``z_{<t}``.
 
         noise: (B, D) -> x, log_prob (B,), mean (B, D), log_scale (B, D). With ``base_mean`` the
         base is ``N(base_mean, I)``: the stack reads ``noise + base_mean``, a shift that folds
-        in as a first affine step with unit scale.
+        in as a first affine step with unit scale. IAF layers read their parameters from their
+        input; a MAF layer (one that samples in blocks, as the student's long-term feedback)
+        from its output's past, which is as much a function of ``z_{<t}``.
         """
         layers = self._affine_layers()
         params = []
@@ -141,11 +144,13 @@ class FlowStack(nn.Module):
             params.append((base_mean, torch.zeros_like(base_mean)))
             h = noise + base_mean
         for layer in layers:
-            if layer.mode != "iaf":
-                raise ConfigError("sample_with_conditionals(noise) is for IAF stacks")
-            shift, log_scale = layer.params(h, context)
+            if layer.mode == "iaf":
+                shift, log_scale = layer.params(h, context)
+                h = h * torch.exp(log_scale) + shift
+            else:
+                h, _ = layer(h, context)
+                shift, log_scale = layer.params(h, context)
             params.append((shift, log_scale))
-            h = h * torch.exp(log_scale) + shift
         mean, log_scale = _fold(params)
         log_prob = standard_normal_log_prob(noise) - at_least_float32(log_scale).sum(-1)
         return h, log_prob, mean, log_scale
