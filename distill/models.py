@@ -104,6 +104,14 @@ class MelWindow(NamedTuple):
     mel: torch.Tensor  # (B, n_mels, F)
     margin: int
 
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.mel.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.mel.device
+
 
 def segment_margin(model: AudioFlow) -> int:
     """Mel frames of context a training segment should carry on each side for ``model``: the

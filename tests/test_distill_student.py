@@ -58,7 +58,8 @@ def write_teacher(path: Path, config: Config) -> Path:
     """A fixed, non-trivial teacher (random output heads, sigma ~ e^-3) as a checkpoint."""
     torch.manual_seed(0)
     teacher = Teacher(config)
-    out = teacher.flow.layers[0].conditioner.out
+    conditioner = teacher.flow.layers[0].conditioner
+    out = getattr(conditioner, "wavenet", conditioner).out
     with torch.no_grad():
         out.weight.normal_(0, 0.05)
         out.bias.copy_(torch.tensor([0.0, -3.0]))
@@ -286,3 +287,42 @@ def test_harmonic_source_starts_fitted_and_trains_with_the_pitch_loss(setup, tmp
     reloaded = Student.from_checkpoint(tmp_path / "student" / "latest.pt")
     x = reloaded.sample(mel)
     assert x.shape == audio.shape and torch.isfinite(x).all()
+
+
+def test_a_long_term_student_shares_the_teachers_pitch_and_trains(
+    tmp_path, tiny_prepared_dir, tiny_audio_config
+):
+    """A teacher with a long-term predictor owns the pitch predictor; the student copies it
+    frozen (so both read the same lags), trains on segments with mel context, with its
+    long-term feedback flow, and resumes; a long-term student without such a teacher is
+    refused with the fix."""
+    config = make_config(tiny_audio_config, steps=2)
+    lp = {"linear_prediction_order": 4, "long_term_taps": 2}
+    config = dataclasses.replace(
+        config,
+        teacher=dataclasses.replace(config.teacher, **lp),
+        student=dataclasses.replace(config.student, **lp, long_term_feedback=True),
+    )
+    teacher_path = write_teacher(tmp_path / "teacher.pt", config)
+    teacher = Teacher.from_checkpoint(teacher_path)
+    with torch.no_grad():
+        teacher.pitch.out.bias[-1] = 5.0  # voiced everywhere, so lags are in play
+    save_checkpoint(
+        teacher_path, {"kind": "teacher", "config": config, "model": teacher.state_dict()}
+    )
+    stage = StudentStage(config, teacher_path, tiny_prepared_dir)
+    assert not any(p.requires_grad for p in stage.model.pitch.parameters())
+    for name, t in stage.model.pitch.state_dict().items():
+        assert torch.equal(t, teacher.pitch.state_dict()[name])
+    batch = next(iter(torch.utils.data.DataLoader(stage.train_dataset(), batch_size=2)))
+    margin = stage.model.mel_reach + 1
+    assert batch[1].shape[-1] == config.student_training.segment_frames + 2 * margin
+    out = stage.train_step(stage.objective, batch)
+    assert torch.isfinite(out["loss"]) and "loss/pitch" not in out
+    train(StudentStage(config, teacher_path, tiny_prepared_dir), tmp_path / "s", progress=False)
+    student = Student.from_checkpoint(tmp_path / "s" / "latest.pt")
+    assert student.config.student.long_term_feedback
+    plain = dataclasses.replace(config, teacher=TeacherConfig(wavenet=WN, upsampler_channels=8))
+    plain_teacher = write_teacher(tmp_path / "plain.pt", plain)
+    with pytest.raises(ConfigError, match="needs a teacher with a pitch predictor"):
+        StudentStage(config, plain_teacher, tiny_prepared_dir)
