@@ -40,7 +40,7 @@ __all__ = [
     "check_mel",
     "segment_margin",
     "with_margin",
-    "centre",
+    "split_window",
 ]
 
 
@@ -126,13 +126,8 @@ def with_margin(mel: torch.Tensor, margin: int):
     return MelWindow(mel, margin) if margin else mel
 
 
-def centre(mel) -> torch.Tensor:
-    """The frames a mel (or :class:`MelWindow`) conditions: (B, n_mels, F - 2 margin)."""
-    mel, margin = _unwrap(mel)
-    return mel[:, :, margin : mel.shape[-1] - margin]
-
-
-def _unwrap(mel) -> tuple[torch.Tensor, int]:
+def split_window(mel) -> tuple[torch.Tensor, int]:
+    """A mel or :class:`MelWindow` -> (the mel tensor, its margin; 0 for a plain mel)."""
     return (mel.mel, mel.margin) if isinstance(mel, MelWindow) else (mel, 0)
 
 
@@ -240,7 +235,7 @@ class AudioFlow(nn.Module):
     def noise_shape(self, mel) -> tuple[int, int]:
         """Shape of the base noise for a mel batch (B, n_mels, F): (B, F * hop); for a
         :class:`MelWindow`, of its centre."""
-        mel, margin = _unwrap(mel)
+        mel, margin = split_window(mel)
         return mel.shape[0], (mel.shape[-1] - 2 * margin) * self.hop_length
 
     # --- the one map from noise to audio (no input checks: traceable by torch.export) --------
@@ -259,7 +254,7 @@ class AudioFlow(nn.Module):
         interpolation clamping sees at its end), its lags and base mean zero-padded: the flows
         are causal, so an item's samples equal those of decoding it alone.
         """
-        mel, margin = _unwrap(mel)
+        mel, margin = split_window(mel)
         if frames is None:
             return _crop(*self._conditioning(mel), margin, self.hop_length)
         longest, hop = mel.shape[-1], self.hop_length
@@ -305,7 +300,7 @@ class AudioFlow(nn.Module):
     # --- the protocol: checked inputs, everything takes the mel ----------------------------
 
     def _checked(self, mel, audio: torch.Tensor | None = None) -> None:
-        window, margin = _unwrap(mel)
+        window, margin = split_window(mel)
         check_mel(window, self.audio_config)
         if margin < 0 or 2 * margin >= window.shape[-1]:
             raise InputError(
@@ -323,7 +318,7 @@ class AudioFlow(nn.Module):
 
     def _scaled_noise(self, mel, temperature: float, noise: torch.Tensor | None) -> torch.Tensor:
         if noise is None:
-            window, _ = _unwrap(mel)
+            window, _ = split_window(mel)
             noise = torch.randn(self.noise_shape(mel), dtype=window.dtype, device=window.device)
         else:
             self._checked(mel, noise)

@@ -194,17 +194,23 @@ class PitchPredictor(nn.Module):
         logits, voiced_logit = self(mel)
         return self.log_f0(logits).exp(), torch.sigmoid(voiced_logit.float())
 
-    def loss(self, mel: torch.Tensor, audio: torch.Tensor):
-        """The predictor's loss against YIN on ``audio`` (B, F * hop); see :meth:`pitch_loss`."""
+    def loss(self, mel: torch.Tensor, audio: torch.Tensor, margin: int = 0):
+        """The predictor's loss against YIN on ``audio`` (B, F * hop); see :meth:`pitch_loss`.
+        ``mel`` may carry ``margin`` frames of context on each side (a training segment's
+        :class:`~distill.models.MelWindow`): it is read whole, as at synthesis."""
         with torch.no_grad():
             f0, voiced = yin(audio, self.audio_config)
-        return self.pitch_loss(mel, f0, voiced)
+        return self.pitch_loss(mel, f0, voiced, margin=margin)
 
-    def pitch_loss(self, mel, f0, voiced, mask=None):
+    def pitch_loss(self, mel, f0, voiced, mask=None, margin: int = 0):
         """Voicing cross-entropy plus pitch-class cross-entropy over voiced frames, against a
         target blurred over neighbouring classes (25 cents, as CREPE), averaged over the frames
-        where ``mask`` (B, F) is set. Returns (loss, detached metrics for logging)."""
+        where ``mask`` (B, F) is set. ``mel`` has ``margin`` more frames on each side than the
+        targets. Returns (loss, detached metrics for logging)."""
         logits, voiced_logit = self(mel)
+        if margin:
+            logits = logits[..., margin : logits.shape[-1] - margin]
+            voiced_logit = voiced_logit[..., margin : voiced_logit.shape[-1] - margin]
         logits, voiced_logit = logits.float(), voiced_logit.float()
         mask = torch.ones_like(voiced_logit) if mask is None else mask.float()
         n_frames = mask.sum().clamp_min(1)

@@ -21,7 +21,7 @@ from distill.config import (
 )
 from distill.errors import CheckpointError, ConfigError
 from distill.losses import DistillationLoss
-from distill.models import Student, Teacher
+from distill.models import Student, Teacher, segment_margin, with_margin
 from distill.training import student as student_training
 from distill.training.loop import train
 from distill.training.student import DistillObjective, StudentStage
@@ -285,7 +285,7 @@ def test_harmonic_source_starts_fitted_and_trains_with_the_pitch_loss(setup, tmp
     train(StudentStage(longer, teacher_path, data), tmp_path / "student", progress=False)
     assert len(fits) == 1  # ... a resumed one loads it from latest.pt
     reloaded = Student.from_checkpoint(tmp_path / "student" / "latest.pt")
-    x = reloaded.sample(mel)
+    x = reloaded.sample(with_margin(mel, segment_margin(reloaded)))  # segments carry context
     assert x.shape == audio.shape and torch.isfinite(x).all()
 
 

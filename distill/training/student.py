@@ -43,7 +43,7 @@ from distill.data import PreparedCorpus, SegmentDataset
 from distill.errors import CheckpointError, ConfigError
 from distill.losses import DistillationLoss, check_estimator
 from distill.metrics import nll_bits_per_sample
-from distill.models import Student, Teacher, centre, segment_margin, with_margin
+from distill.models import Student, Teacher, segment_margin, split_window, with_margin
 from distill.pitch import fit_predictor
 from distill.training.media import log_generated_vs_real, media_excerpt
 from distill.training.stage import Stage, TrainResult, training_corpus
@@ -138,7 +138,8 @@ class DistillObjective(nn.Module):
         out = result.scalars()
         out["loss"] = result.total  # scalars() detaches; the loop backpropagates this one
         if _trains_pitch(self.student):  # its F0 predictor learns from YIN on the real clip
-            pitch, metrics = self.student.pitch.loss(centre(mel), audio)
+            window, margin = split_window(mel)
+            pitch, metrics = self.student.pitch.loss(window, audio, margin)
             out["loss"] = out["loss"] + self.pitch_weight * pitch
             out["loss/pitch"] = pitch.detach()
             out.update(metrics)

@@ -31,7 +31,7 @@ from distill.data import PreparedCorpus, SegmentDataset
 from distill.flows import gaussian_log_prob
 from distill.flows.linear_prediction import K_MAX, LinearPredictive
 from distill.metrics import flac_bits_per_sample, nll_bits_per_sample, prediction_gain_db
-from distill.models import Teacher, centre, segment_margin, with_margin
+from distill.models import Teacher, segment_margin, split_window, with_margin
 from distill.pitch import fit_predictor
 from distill.training.media import log_generated_vs_real, media_excerpt
 from distill.training.stage import Stage, TrainResult, training_corpus
@@ -57,7 +57,8 @@ class TeacherLikelihood(nn.Module):
         residual = (audio.float() - mu.float()).detach()
         pitch, metrics = None, {}
         if self.teacher.pitch is not None:
-            pitch, metrics = self.teacher.pitch.loss(centre(mel), audio)
+            window, margin = split_window(mel)
+            pitch, metrics = self.teacher.pitch.loss(window, audio, margin)
         return log_prob, log_sigma.detach().float(), residual, pitch, metrics
 
 
