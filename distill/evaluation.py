@@ -290,22 +290,11 @@ def evaluate(
     Returns the metrics dict that metrics.json holds. Nothing is written until every number is
     computed; the files then appear together (report.md and metrics.json last).
     """
-    from distill.data import PreparedCorpus
     from distill.inference import Synthesizer, resolve_device
     from distill.losses import gaussian_kl
 
     options = options or EvaluationOptions()
-
-    corpus = PreparedCorpus(data_root)
-    entries = corpus.items(options.split)
-    if options.max_clips is not None:
-        entries = entries[: options.max_clips]
-    if not entries:
-        raise DataError(
-            f"split {options.split!r} of {data_root} has no clips to evaluate; prepare the "
-            "corpus with a validation fraction (distill prepare --val-fraction ...) or pick "
-            "another --split"
-        )
+    corpus, entries = split_clips(data_root, options)
     device = resolve_device(options.device)
     student, teacher = _load_models(student_path, teacher_path, corpus, device)
     # the Synthesizer takes its student over (dtype, frozen): a copy, the file is read once
@@ -468,6 +457,24 @@ def _likelihood_summary(per_clip: list[dict], with_teacher: bool) -> dict:
             np.mean([r["kl_monte_carlo_nats_per_sample"] for r in per_clip])
         )
     return out
+
+
+def split_clips(data_root, options: EvaluationOptions):
+    """The prepared corpus at ``data_root`` and the clips of ``options.split`` to score (at
+    most ``options.max_clips``); a DataError with the fix when there are none."""
+    from distill.data import PreparedCorpus
+
+    corpus = PreparedCorpus(data_root)
+    entries = corpus.items(options.split)
+    if options.max_clips is not None:
+        entries = entries[: options.max_clips]
+    if not entries:
+        raise DataError(
+            f"split {options.split!r} of {data_root} has no clips to score; prepare the corpus "
+            "with a validation fraction (distill prepare --val-fraction ...) or pick another "
+            "--split"
+        )
+    return corpus, entries
 
 
 def _teacher_segments(clips, cfg, options) -> tuple[list[int], list[int], int]:

@@ -29,6 +29,7 @@ from distill.evaluation import (
     _listening_summary,
     _summary,
     score_clip,
+    split_clips,
 )
 from distill.listening import LISTENING_KEYS
 from distill.report import QUALITY_METRICS, headline_rows, write_outputs
@@ -117,18 +118,9 @@ def evaluate_outputs(outputs, data_root, out_dir, options=None, progress: bool =
     from tqdm import tqdm
 
     from distill.baselines import griffin_lim
-    from distill.data import PreparedCorpus
 
     options = options or EvaluationOptions()
-    corpus = PreparedCorpus(data_root)
-    entries = corpus.items(options.split)
-    if options.max_clips is not None:
-        entries = entries[: options.max_clips]
-    if not entries:
-        raise DataError(
-            f"split {options.split!r} of {data_root} has no clips to score against; pick "
-            "another --split"
-        )
+    corpus, entries = split_clips(data_root, options)
     names = _system_names([Path(p) for p in outputs])
     ids = [e.id for e in entries]
     files = {name: find_outputs(folder, ids) for name, folder in names.items()}

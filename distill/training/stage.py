@@ -147,3 +147,29 @@ def training_corpus(
     for split in ("train", "val"):
         corpus.nonempty_items(split)
     return corpus
+
+
+def segment_dataset(stage: Stage, dequantize: bool):
+    """The random training segments of an audio stage (``stage.corpus``, ``stage.model``),
+    each carrying the mel context its model reads (:func:`distill.models.segment_margin`)."""
+    from distill.data import SegmentDataset
+    from distill.models import segment_margin
+
+    tc = stage.training
+    return SegmentDataset(
+        stage.corpus,
+        "train",
+        tc.segment_frames,
+        dequantize=dequantize,
+        seed=tc.seed,
+        mel_margin=segment_margin(stage.model),
+    )
+
+
+def segment_batch(stage: Stage, batch) -> tuple[torch.Tensor, Any]:
+    """An audio stage's batch as its model reads it: audio (B, T) and the mel, a
+    :class:`~distill.models.MelWindow` when the segments carry context."""
+    from distill.models import segment_margin, with_margin
+
+    audio, mel = batch  # (B, T), (B, n_mels, F + 2 margin)
+    return audio, with_margin(mel, segment_margin(stage.model))

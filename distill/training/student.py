@@ -43,10 +43,16 @@ from distill.data import PreparedCorpus, SegmentDataset
 from distill.errors import CheckpointError, ConfigError
 from distill.losses import DistillationLoss, check_estimator
 from distill.metrics import nll_bits_per_sample
-from distill.models import Student, Teacher, segment_margin, split_window, with_margin
+from distill.models import Student, Teacher, split_window
 from distill.pitch import fit_predictor
 from distill.training.media import log_generated_vs_real, media_excerpt
-from distill.training.stage import Stage, TrainResult, training_corpus
+from distill.training.stage import (
+    Stage,
+    TrainResult,
+    segment_batch,
+    segment_dataset,
+    training_corpus,
+)
 
 __all__ = ["DistillObjective", "StudentStage", "init_student", "load_frozen_teacher"]
 
@@ -197,19 +203,10 @@ class StudentStage(Stage):
         return self.objective
 
     def train_dataset(self) -> SegmentDataset:
-        tc = self.training
-        return SegmentDataset(
-            self.corpus,
-            "train",
-            tc.segment_frames,
-            dequantize=False,
-            seed=tc.seed,
-            mel_margin=segment_margin(self.model),
-        )
+        return segment_dataset(self, dequantize=False)
 
     def train_step(self, module: nn.Module, batch) -> dict[str, torch.Tensor]:
-        audio, mel = batch  # (B, T), (B, n_mels, F + 2 margin)
-        mel = with_margin(mel, segment_margin(self.model))
+        audio, mel = segment_batch(self, batch)
         return module(audio, mel)
 
     def checkpoint_extra(self) -> dict[str, Any]:

@@ -31,10 +31,16 @@ from distill.data import PreparedCorpus, SegmentDataset
 from distill.flows import gaussian_log_prob
 from distill.flows.linear_prediction import K_MAX, LinearPredictive
 from distill.metrics import flac_bits_per_sample, nll_bits_per_sample, prediction_gain_db
-from distill.models import Teacher, segment_margin, split_window, with_margin
+from distill.models import Teacher, split_window
 from distill.pitch import fit_predictor
 from distill.training.media import log_generated_vs_real, media_excerpt
-from distill.training.stage import Stage, TrainResult, training_corpus
+from distill.training.stage import (
+    Stage,
+    TrainResult,
+    segment_batch,
+    segment_dataset,
+    training_corpus,
+)
 
 __all__ = ["TeacherStage", "TeacherLikelihood"]
 
@@ -127,19 +133,10 @@ class TeacherStage(Stage):
         return self._likelihood
 
     def train_dataset(self) -> SegmentDataset:
-        tc = self.training
-        return SegmentDataset(
-            self.corpus,
-            "train",
-            tc.segment_frames,
-            dequantize=True,
-            seed=tc.seed,
-            mel_margin=segment_margin(self.model),
-        )
+        return segment_dataset(self, dequantize=True)
 
     def train_step(self, module: nn.Module, batch) -> dict[str, torch.Tensor]:
-        audio, mel = batch  # (B, T), (B, n_mels, F + 2 margin)
-        mel = with_margin(mel, segment_margin(self.model))
+        audio, mel = segment_batch(self, batch)
         log_prob, log_sigma, residual, pitch, metrics = module(audio, mel)
         nll = -log_prob.mean() / audio.shape[-1]  # nats per sample
         loss = nll
