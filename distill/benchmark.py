@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 import os
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 
 import torch
@@ -33,6 +34,7 @@ __all__ = [
     "benchmark",
     "build_models",
     "format_result",
+    "benchmark_matrix",
     "best_time",
     "load_average",
     "cpu_count",
@@ -151,11 +153,11 @@ def benchmark(
     naive_samples: int = 256,
     source: str = "",
     paths: tuple[str, ...] = PATHS,
-    compile: bool = False,
-    cuda_graphs: bool = False,
+    synthesizer: Synthesizer | None = None,
 ) -> BenchResult:
     """Time the generation ``paths`` on the same mel; see the module docstring. A path left
-    out is None in the result. ``compile`` and ``cuda_graphs`` are the Synthesizer's."""
+    out is None in the result. ``synthesizer``: the student's, to reuse one (its compiled
+    code, its CUDA graphs) across calls; by default a plain one on ``device`` and ``dtype``."""
     if seconds <= 0:
         raise ConfigError(f"--seconds must be positive, found {seconds}")
     if batch < 1:
@@ -174,10 +176,13 @@ def benchmark(
     student_rate = cached_rate = naive_rate = None
     naive_timed, extrapolated = 0, False
 
-    if "student" in paths:
-        syn = Synthesizer(
-            student, device=device, dtype=dtype, compile=compile, cuda_graphs=cuda_graphs
+    syn = synthesizer or Synthesizer(student, device=device, dtype=dtype)
+    if (syn.device, syn.dtype) != (device, dtype):
+        raise ConfigError(
+            f"the synthesizer runs on {syn.device} in {syn.dtype}, the benchmark asks for "
+            f"{device} in {dtype}; build it with the same device and dtype"
         )
+    if "student" in paths:
         syn.synthesize(mel[:, :, : min(frames, 4)], seed=0)  # warm-up
         syn.synthesize(mel, seed=0)
         student_time = best_time(lambda: syn.synthesize(mel, seed=0), repeats, device)
@@ -214,11 +219,72 @@ def benchmark(
         student_receptive_field=student.receptive_field,
         teacher_receptive_field=teacher.receptive_field,
         source=source,
-        compile=compile,
-        cuda_graphs=cuda_graphs,
+        compile=syn.compiled,
+        cuda_graphs=syn.cuda_graphs,
         load_average=load_average(),
         cpus=cpu_count(),
     )
+
+
+VARIANTS = {
+    "eager": {},
+    "cuda-graphs": {"cuda_graphs": True},
+    "compile": {"compile": True},
+    "compile+cuda-graphs": {"compile": True, "cuda_graphs": True},
+}
+"""The student's Synthesizer options ``distill bench --variants`` can time, cheapest first."""
+
+
+def benchmark_matrix(
+    teacher: Teacher,
+    student: Student,
+    seconds: float,
+    dtypes: tuple[str, ...] = ("float32",),
+    batches: tuple[int, ...] = (1,),
+    variants: tuple[str, ...] = ("eager",),
+    budget_s: float | None = None,
+    device=None,
+    **options,
+) -> Iterator[dict]:
+    """:func:`benchmark` for every variant x dtype x batch, in that order (one Synthesizer
+    per variant and dtype, so compiled code and graphs serve every batch), as dicts.
+
+    Once ``budget_s`` seconds have passed, the remaining combinations are skipped: a dict
+    with their ``variant``, ``dtype``, ``batch`` and the reason in ``skipped``. So is CUDA
+    graphs on a CPU. ``options`` go to :func:`benchmark`.
+    """
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown or not variants:
+        raise ConfigError(
+            f"--variants must name some of {', '.join(VARIANTS)}, found "
+            f"{','.join(variants) or 'none'}"
+        )
+    device = resolve_device(device)
+    start = time.perf_counter()
+    for variant in variants:
+        for dtype in dtypes:
+            syn = None
+            for batch in batches:
+                where = {"variant": variant, "dtype": str(resolve_dtype(dtype)), "batch": batch}
+                where["dtype"] = where["dtype"].removeprefix("torch.")
+                if VARIANTS[variant].get("cuda_graphs") and device.type != "cuda":
+                    yield {**where, "skipped": "CUDA graphs need a CUDA device"}
+                    continue
+                if budget_s is not None and time.perf_counter() - start > budget_s:
+                    yield {**where, "skipped": f"over the {budget_s:g} s budget"}
+                    continue
+                syn = syn or Synthesizer(student, device=device, dtype=dtype, **VARIANTS[variant])
+                result = benchmark(
+                    teacher,
+                    student,
+                    seconds,
+                    batch=batch,
+                    device=device,
+                    dtype=dtype,
+                    synthesizer=syn,
+                    **options,
+                )
+                yield {"variant": variant, **result.to_dict()}
 
 
 def _naive_rate(teacher: Teacher, mel, noise, naive_samples: int, device) -> tuple[float, int]:

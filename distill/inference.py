@@ -189,6 +189,7 @@ class Synthesizer:
         for p in self.student.parameters():
             p.requires_grad_(False)
         self.cuda_graphs = cuda_graphs
+        self.compiled = compile
         self._graphs: dict[tuple[int, int], tuple] = {}
         self._core = torch.compile(self._forward, dynamic=True) if compile else self._forward
 

@@ -536,6 +536,18 @@ def test_bench_times_the_paths_asked_for_and_training_steps(tiny_yaml, capsys):
     assert result["student_samples_per_s"] > 0 and result["dtype"] == "bfloat16"
     assert result["teacher_cached_samples_per_s"] is None
     assert result["teacher_naive_samples_per_s"] is None
+    # a matrix in one process: variant x dtype x batch, one JSON line each
+    matrix = ["--seconds", "0.05", "--paths", "student", "--dtype", "float32,bfloat16"]
+    assert main([*args, *matrix, "--batch", "1,2", "--variants", "eager,cuda-graphs"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [(r["variant"], r["dtype"], r["batch"]) for r in rows] == [
+        (v, d, b) for v in ("eager", "cuda-graphs") for d in ("float32", "bfloat16") for b in (1, 2)
+    ]
+    assert all(r["student_samples_per_s"] > 0 for r in rows[:4])
+    assert all(r["skipped"] == "CUDA graphs need a CUDA device" for r in rows[4:])
+    assert main([*args, *matrix, "--budget-s", "0"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 2 and all("budget" in json.loads(line)["skipped"] for line in lines)
     for dtype in ("float32", "bfloat16"):
         assert main([*args, "--train", "--dtype", dtype]) == 0
         result = json.loads(capsys.readouterr().out)
@@ -550,6 +562,9 @@ def test_bench_times_the_paths_asked_for_and_training_steps(tiny_yaml, capsys):
     for bad, message in (
         (["--seconds", "1", "--paths", "student,fast"], "--paths must name some of"),
         (["--train", "--seconds", "1"], "drop --seconds"),
+        (["--train", "--dtype", "float32,bfloat16"], "one value with --train"),
+        (["--seconds", "1", "--variants", "jit"], "--variants must name some of"),
+        (["--seconds", "1", "--batch", "1,x"], "--batch takes a comma-separated list"),
         ([], "give --seconds"),
     ):
         assert main(["bench", "--config", str(tiny_yaml), *bad]) == 2
