@@ -21,6 +21,7 @@ from distill.flows import (
     bound_log_scale,
     standard_normal_log_prob,
 )
+from distill.flows.interpolation import upsample_frames
 from distill.flows.linear_prediction import LinearPredictive
 
 pytestmark = pytest.mark.usefixtures("float64")
@@ -337,3 +338,15 @@ def test_cached_generation_equals_naive_and_full_recompute(kernel_size, dilation
     # and the generated audio has exactly the density its noise implies
     z_back, _ = stack.inverse(cached, ctx)
     torch.testing.assert_close(z_back, z, atol=1e-9, rtol=0)
+
+
+@pytest.mark.parametrize("frames,hop", [(1, 4), (5, 16), (7, 3), (3, 1)])
+def test_frame_interpolation_equals_linear_interpolate_with_its_gradient(frames, hop):
+    c = torch.randn(2, 3, frames, dtype=torch.float64, requires_grad=True)
+    ours = upsample_frames(c, hop)
+    ref = torch.nn.functional.interpolate(c, scale_factor=hop, mode="linear", align_corners=False)
+    torch.testing.assert_close(ours, ref, atol=1e-12, rtol=0)
+    g = torch.randn_like(ref)
+    (ours_grad,) = torch.autograd.grad(ours, c, g)
+    (ref_grad,) = torch.autograd.grad(ref, c, g)
+    torch.testing.assert_close(ours_grad, ref_grad, atol=1e-12, rtol=0)

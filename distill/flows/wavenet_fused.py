@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from distill.flows import wavenet_lowp
+from distill.flows.interpolation import frame_kernel
 
 __all__ = ["enabled", "run", "start", "step", "derived_weights", "lowp_weights", "autocast_dtype"]
 
@@ -157,7 +158,7 @@ def _run(net, u, frames, c, flat: bool, w: Derived):
         nblk = -(-frames.shape[-1] // m)
         win = F.pad(win, (0, 0, 0, nblk * m - frames.shape[-1]))
         win = win.view(batch, L, G, nblk, m, 3).permute(0, 3, 1, 2, 4, 5).contiguous()
-        kernel = _interp_kernel(hop, u.dtype, u.device)  # (3, hop)
+        kernel = frame_kernel(hop, u.dtype, u.device)  # (3, hop)
     single = block >= length
     if single:
         top = max(spans)
@@ -304,19 +305,6 @@ def _mm_(acc, w, x) -> None:
         acc.addmm_(w, x)
     else:
         acc.baddbmm_(w.expand(x.shape[0], -1, -1), x)
-
-
-_KERNELS: dict[tuple, torch.Tensor] = {}
-
-
-def _interp_kernel(hop: int, dtype, device) -> torch.Tensor:
-    """(3, hop): weights of frames f-1, f, f+1 for the samples of frame f (align_corners=False)."""
-    key = (hop, dtype, str(device))
-    if key not in _KERNELS:
-        pos = (torch.arange(hop, dtype=torch.float64) + 0.5) / hop - 0.5
-        k = torch.stack([(-pos).clamp(min=0), 1 - pos.abs(), pos.clamp(min=0)])
-        _KERNELS[key] = k.to(dtype=dtype, device=device)
-    return _KERNELS[key]
 
 
 @dataclass

@@ -41,6 +41,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from distill.flows.interpolation import frame_kernel
 from distill.precision import at_least_float32
 
 __all__ = ["run", "LowpWeights"]
@@ -83,7 +84,7 @@ def _one(net, w: LowpWeights, u, frames, c):
         cf = torch.addmm(w.cond_b, w.cond_w, frames)  # (L * G, F)
         cf = F.pad(cf[None], (1, 1), mode="replicate")[0].T.to(dtype)
         cf = cf.view(-1, L, G)
-        kernel = _interp_kernel(hop, dtype)  # (hop, 3)
+        kernel = frame_kernel(hop, dtype, u.device).T  # (hop, 3)
     u_prev = F.pad(u, (1, 0))[:-1]  # position t holds u_{t-1}
     taps0 = _first_layer_inputs(u_prev, k, net.dilations[0], dtype)  # (T, 2k)
     hist = [u.new_empty(spans[i] + block, R, dtype=dtype) for i in range(1, L)]
@@ -144,19 +145,6 @@ def _first_layer_inputs(u_prev: torch.Tensor, k: int, dilation: int, dtype) -> t
         cols.append(F.pad(u_prev, (back, 0))[:length])
         inside.append((torch.arange(length, device=u_prev.device) >= back).to(u_prev.dtype))
     return torch.stack(cols + inside, dim=1).to(dtype)
-
-
-_KERNELS: dict[tuple, torch.Tensor] = {}
-
-
-def _interp_kernel(hop: int, dtype) -> torch.Tensor:
-    """(hop, 3): weights of frames f-1, f, f+1 for the samples of frame f (align_corners=False)."""
-    key = (hop, dtype)
-    if key not in _KERNELS:
-        pos = (torch.arange(hop, dtype=torch.float64) + 0.5) / hop - 0.5
-        k = torch.stack([(-pos).clamp(min=0), 1 - pos.abs(), pos.clamp(min=0)], dim=1)
-        _KERNELS[key] = k.to(dtype)
-    return _KERNELS[key]
 
 
 @dataclass
