@@ -13,19 +13,20 @@ is time-major, ``(n, channels)`` for a block of ``n`` samples, so that
 
 * a dilated layer is **one** product ``(n, k R) @ (k R, G)``: its ``k`` taps, ``u_{t - (k-1) d}
   .. u_t``, are copied side by side (cheap next to the product), and the sum over taps is
-  accumulated in float32 inside the product, rounded to bf16 once;
+  accumulated in float32 inside the product;
 * the first layer's input is ``w u + b``, rank one in the scalar input, so its taps are a
   product with ``2 k`` columns (the delayed samples and whether each is inside the clip)
   instead of ``k R``;
-* the per-layer conditioning is interpolated from the frame rate by one batched product per
-  layer and block, straight into the layer's output, which the tap product then adds to;
+* the per-layer conditioning (with every bias) is interpolated from the frame rate by one
+  batched product per layer and block, in float32, and added in float32 to the tap product,
+  which is rounded to bf16 once;
 * every layer's gate ``z_i`` is written into one ``(n, L G / 2)`` matrix, and the skip path
   is one product with ``L G / 2`` columns at the end of the block (one rounding, not ``L``);
 * the gate is one sigmoid and one ``addcmul``: ``tanh(a) = 2 sigmoid(2 a) - 1``, with the
   ``a`` columns of every term pre-doubled, gives ``-z``, which negated residual and skip
-  weights undo (as in the float32 fused path). The sigmoid runs on a float32 copy of the
-  layer's output: in bf16, ``2 sigmoid(2 a) - 1`` cancels for small ``a`` and lost ~5 dB of
-  the output's SNR against float32 (paper-size student, random output layers).
+  weights undo (as in the float32 fused path). The sigmoid runs on that float32 sum: in
+  bf16, ``2 sigmoid(2 a) - 1`` cancels for small ``a`` and lost ~5 dB of the output's SNR
+  against float32 (paper-size student, random output layers).
 
 Time runs in blocks of :attr:`CausalWaveNet.cpu_block` samples (whole frames) so that a
 block's activations stay in cache; each layer keeps the last ``(k - 1) d`` rows of its input
@@ -79,12 +80,11 @@ def _one(net, w: LowpWeights, u, frames, c):
         hop = length // frames.shape[-1]
         m = max(1, block // hop)
         block = m * hop
-        # frame-rate projection (float32) with the layer biases folded in, edge-padded for the
-        # interpolation, as (F + 2, L, G) windows in the body's dtype
+        # frame-rate projection with the layer biases folded in, edge-padded for the
+        # interpolation, as (F + 2, L, G) windows, all in float32
         cf = torch.addmm(w.cond_b, w.cond_w, frames)  # (L * G, F)
-        cf = F.pad(cf[None], (1, 1), mode="replicate")[0].T.to(dtype)
-        cf = cf.view(-1, L, G)
-        kernel = frame_kernel(hop, dtype, u.device).T  # (hop, 3)
+        cf = F.pad(cf[None], (1, 1), mode="replicate")[0].T.contiguous().view(-1, L, G)
+        kernel = frame_kernel(hop, u.dtype, u.device).T  # (hop, 3)
     u_prev = F.pad(u, (1, 0))[:-1]  # position t holds u_{t-1}
     taps0 = _first_layer_inputs(u_prev, k, net.dilations[0], dtype)  # (T, 2k)
     hist = [u.new_empty(spans[i] + block, R, dtype=dtype) for i in range(1, L)]
@@ -100,21 +100,24 @@ def _one(net, w: LowpWeights, u, frames, c):
         h = u_prev[t0 : t0 + n, None].to(dtype) * w.front_w  # (n, R): h~_0
         xi = x[:n]
         for i in range(L):
+            # the conditioning and biases in float32, the taps' product in the body's dtype;
+            # their sum and the gate's sigmoid in float32 (2 sigmoid(2a) - 1 cancels near 0)
+            s = x32[:n]
             if frames is not None:
                 f0, mf = t0 // hop, n // hop
                 win = cf[f0 : f0 + mf + 2, i].unfold(0, 3, 1)  # (mf, G, 3)
-                torch.matmul(kernel, win.transpose(1, 2), out=xi.view(mf, hop, G))
+                torch.matmul(kernel, win.transpose(1, 2), out=s.view(mf, hop, G))
             else:
-                torch.addcmul(w.bias[i], c[i * G : (i + 1) * G, t0 : t0 + n].T, w.gate2, out=xi)
+                torch.addcmul(w.bias[i], c[i * G : (i + 1) * G, t0 : t0 + n].T, w.gate2, out=s)
             if i == 0:
-                xi.addmm_(taps0[t0 : t0 + n], w.first)
+                torch.mm(taps0[t0 : t0 + n], w.first, out=xi)
             else:
                 buf, d = hist[i - 1], net.dilations[i]
                 span = spans[i]
                 parts = [buf[span - (k - 1 - j) * d :][:n] for j in range(k)]
                 torch.cat(parts, dim=1, out=stacked[:n])
-                xi.addmm_(stacked[:n], w.taps[i - 1])
-            s = x32[:n].copy_(xi).sigmoid_()  # float32: 2 sigmoid(2a) - 1 cancels near 0
+                torch.mm(stacked[:n], w.taps[i - 1], out=xi)
+            s.add_(xi).sigmoid_()
             z = gates[:n, i * half : (i + 1) * half]
             torch.addcmul(s[:, half:], s[:, :half], s[:, half:], value=-2.0, out=z)  # -z
             if i < L - 1:
@@ -159,8 +162,8 @@ class LowpWeights:
     dtype: torch.dtype
     cond_w: torch.Tensor  # (L * G, C) float32: cond_proj, a rows doubled
     cond_b: torch.Tensor  # (L * G, 1) float32: cond_proj bias + the layers' biases, doubled
-    bias: list[torch.Tensor]  # per layer (G,): conv bias + taps @ offset, doubled
-    gate2: torch.Tensor  # (G,): 2 on the a half, 1 on the b half
+    bias: list[torch.Tensor]  # per layer (G,) float32: conv bias + taps @ offset, doubled
+    gate2: torch.Tensor  # (G,) float32: 2 on the a half, 1 on the b half
     pad: list[torch.Tensor]  # layers 1.., (R,): -offset_i, the input before the clip
     front_w: torch.Tensor  # (1, R)
     first: torch.Tensor  # (2 k, G): layer 0's taps through the front layer, then its bias
@@ -203,8 +206,8 @@ class LowpWeights:
             dtype=dtype,
             cond_w=net.cond_proj.weight[:, :, 0] * gate2.repeat(L)[:, None],
             cond_b=(net.cond_proj.bias * gate2.repeat(L) + torch.cat(bias))[:, None],
-            bias=[low(b) for b in bias],
-            gate2=low(gate2),
+            bias=bias,
+            gate2=gate2,
             pad=[low(-o) for o in offsets[1:]],
             front_w=low(w_f[None]),
             first=low(first * gate2),
