@@ -33,7 +33,9 @@ def upsample_frames(c: torch.Tensor, hop: int) -> torch.Tensor:
     The kernel is built on each call (``hop`` values, no cache): under ``torch.export`` the hop
     is a symbolic size, which cannot be a cache key."""
     windows = F.pad(c, (1, 1), mode="replicate").unfold(-1, 3, 1)  # (B, C, F, 3)
-    return (windows @ _kernel(hop, c.dtype, c.device)).flatten(-2)
+    # one 2-D product: a 4-D one with autograd on runs a product per (item, channel)
+    out = windows.reshape(-1, 3) @ _kernel(hop, c.dtype, c.device)  # (B * C * F, hop)
+    return out.view(*c.shape[:-1], -1)
 
 
 def _kernel(hop, dtype: torch.dtype, device) -> torch.Tensor:
