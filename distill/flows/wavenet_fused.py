@@ -17,8 +17,13 @@ per-operator overhead rather than arithmetic:
   slot per time step), then three small operators per layer (tanh, addcmul, addmm), then the
   output head; ``sigmoid(b) = (1 + tanh(b / 2)) / 2`` lets one tanh serve the gate.
 
+Under autocast to a half dtype (:mod:`distill.precision`) both follow autocast's rule for the
+plain code: the one pass runs its body in that dtype and its ``out`` layer in float32 (on CPU
+in the layout of :mod:`distill.flows.wavenet_lowp`, built for the bf16 matrix units), and the
+step runs wholly in the model's dtype (a column per step: half precision buys no speed).
+
 Rearranged weights are cached on the module and rebuilt whenever a parameter changes (pointer
-or version counter), in float32 for half-precision models.
+or version counter), folded in float32 for half-precision models.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ import torch.nn.functional as F
 
 from distill.flows import wavenet_lowp
 from distill.flows.interpolation import frame_kernel
+from distill.precision import HALF_DTYPES
 
 __all__ = ["enabled", "run", "start", "step", "derived_weights", "lowp_weights", "autocast_dtype"]
 
@@ -53,7 +59,7 @@ def derived_weights(net, lowp: torch.dtype | None = None) -> Derived:
 
     def build() -> Derived:
         dtype = net.front.weight.dtype
-        if dtype in (torch.float16, torch.bfloat16):  # fold in float32, then cast
+        if dtype in HALF_DTYPES:  # fold in float32, then cast
             derived = _cast(Derived.build(copy.deepcopy(net).float()), dtype)
         else:
             derived = Derived.build(net)
@@ -123,7 +129,7 @@ def autocast_dtype(device: torch.device) -> torch.dtype | None:
     if not torch.is_autocast_enabled(device.type):
         return None
     dtype = torch.get_autocast_dtype(device.type)
-    return dtype if dtype in (torch.bfloat16, torch.float16) else None
+    return dtype if dtype in HALF_DTYPES else None
 
 
 def _run(net, u, frames, c, flat: bool, w: Derived):

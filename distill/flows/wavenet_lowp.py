@@ -43,7 +43,7 @@ import torch
 import torch.nn.functional as F
 
 from distill.flows.interpolation import frame_kernel
-from distill.precision import at_least_float32
+from distill.precision import HALF_DTYPES, at_least_float32
 
 __all__ = ["run", "LowpWeights"]
 
@@ -152,7 +152,8 @@ def _first_layer_inputs(u_prev: torch.Tensor, k: int, dilation: int, dtype) -> t
 
 @dataclass
 class LowpWeights:
-    """Parameters in the time-major layout; float32 where the module docstring says so.
+    """Parameters in the time-major layout: in the body's dtype, or in the model's own (float32)
+    where the module docstring says so.
 
     Every product is ``rows (n, in) @ weight (in, out)``. The ``a`` half of every term that
     feeds a gate is doubled (``gate2``) and residual and skip weights are negated (the gate
@@ -178,7 +179,7 @@ class LowpWeights:
 
     @staticmethod
     def build(net, dtype: torch.dtype) -> LowpWeights:
-        if net.front.weight.dtype in (torch.float16, torch.bfloat16):  # fold in float32
+        if net.front.weight.dtype in HALF_DTYPES:  # fold in float32
             net = copy.deepcopy(net).float()
         L, G, k = len(net.dilations), net.gate_channels, net.kernel_size
         half = G // 2
@@ -201,7 +202,10 @@ class LowpWeights:
         ]
         bias = [b * gate2 for b in bias]
         taps = [(conv.weight.permute(2, 1, 0).reshape(-1, G) * gate2) for conv in net.dilated[1:]]
-        low = lambda t: t.contiguous().to(dtype)  # noqa: E731
+
+        def low(t: torch.Tensor) -> torch.Tensor:
+            return t.contiguous().to(dtype)
+
         return LowpWeights(
             dtype=dtype,
             cond_w=net.cond_proj.weight[:, :, 0] * gate2.repeat(L)[:, None],
