@@ -19,7 +19,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train-teacher": ("train_teacher", "stage one: train the MAF teacher by maximum likelihood"),
     "distill-student": ("distill_student", "stage two: distil the IAF student from the teacher"),
     "synthesize": ("synthesize", "student-only parallel synthesis from wavs or mels"),
-    "bench": ("bench", "time student one-pass vs teacher cached vs naive generation"),
+    "bench": ("bench", "time generation (student, teacher cached, naive) or --train steps"),
     "export": ("export", "export the student with torch.export"),
     "evaluate": ("evaluate", "metrics, baselines and a report on a prepared split"),
     "score": ("score", "teacher bits/sample of audio files (how unusual is this audio)"),

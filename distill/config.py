@@ -268,8 +268,12 @@ class TrainingConfig:
     log_every: int = _number(25, min=1)
     val_clips: int = _number(8, min=1)
     val_max_seconds: float = _number(4.0, above=0)
-    amp: bool = True  # bf16 autocast on CUDA; ignored on CPU
+    amp: bool = True  # bf16 autocast on CUDA
+    cpu_amp: bool = False  # bf16 autocast on CPU too (its bf16 matrix units: AMX, AVX-512-bf16)
     compile: bool = False
+    max_minutes: float = _number(
+        0.0, min=0
+    )  # wall-clock budget of one run; then save, stop; 0: off
     seed: int = _number(1234, min=0)
     num_workers: int = _number(0, min=0)
     max_bad_steps: int = _number(10, min=1)  # non-finite steps in a row before the run stops

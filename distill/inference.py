@@ -31,6 +31,7 @@ from distill.errors import AudioError, ConfigError, InputError
 from distill.flows import bound_log_scale
 from distill.flows.linear_prediction import AudioContext
 from distill.models import Student
+from distill.precision import half_precision, weight_dtype
 
 __all__ = [
     "Synthesizer",
@@ -160,7 +161,10 @@ class Synthesizer:
     ``(B, n_mels, F)`` -> ``(B, F * hop)``; or a list of mels of different lengths -> a list of
     audio tensors. Audio comes back on the CPU in float32 (float64 if the model runs in it).
     Mels may be tensors or numpy arrays. The synthesizer takes the student over: it is moved to
-    ``device`` and ``dtype`` and frozen in place.
+    ``device`` and frozen in place. ``dtype`` bfloat16 or float16 keeps the weights in float32
+    and runs under autocast (:func:`distill.precision.half_precision`): the WaveNets' bodies in
+    the half dtype (on CPU through :mod:`distill.flows.wavenet_lowp`), the flows' shift and
+    log-scale layers, their affine steps and the noise and audio in float32.
     """
 
     def __init__(
@@ -182,10 +186,12 @@ class Synthesizer:
                 "cuda_graphs=True cannot capture a student with student.harmonic_source (its "
                 "pulse train has data-dependent control flow); drop cuda_graphs"
             )
-        self.student = student.to(device=self.device, dtype=self.dtype).eval()
+        self._weights = weight_dtype(self.dtype)
+        self.student = student.to(device=self.device, dtype=self._weights).eval()
         for p in self.student.parameters():
             p.requires_grad_(False)
         self.cuda_graphs = cuda_graphs
+        self.compiled = compile
         self._graphs: dict[tuple[int, int], tuple] = {}
         self._core = torch.compile(self._forward, dynamic=True) if compile else self._forward
 
@@ -246,7 +252,7 @@ class Synthesizer:
         unbatched = not is_list and _ndim(mel) == 2
         frames = [m.shape[-1] for m in mels]
         z = self._noise(frames, seed, noise, is_list, unbatched)
-        with torch.inference_mode():
+        with torch.inference_mode(), half_precision(self.device, self.dtype):
             if len(set(frames)) == 1:
                 audio = self._run(torch.stack(mels), torch.stack(z), temperature)
                 out = list(self._output(audio))
@@ -322,10 +328,10 @@ class Synthesizer:
             w1 = min(total, f1 + 1)  # one frame of look-ahead for the interpolation
             c0 = max(0, f0 - max(history))
             m0, m1 = max(0, c0 - mel_context), min(total, w1 + mel_context)
-            with torch.inference_mode():
+            with torch.inference_mode(), half_precision(self.device, self.dtype):
                 # what the layers read for frames [c0, w1), from the mel with its reach
                 context, _ = student.conditioning(mel[:, :, m0:m1])
-                u = noise.take(f0 * hop, f1 * hop).to(self.dtype) * temperature
+                u = noise.take(f0 * hop, f1 * hop).to(self._weights) * temperature
                 pad = u.new_zeros(batch, (w1 - f1) * hop)
                 for k, layer in enumerate(layers):
                     w0 = max(0, f0 - history[k])
@@ -352,7 +358,7 @@ class Synthesizer:
         return self.student.decode(mel, z)[0]
 
     def _run(self, mel: torch.Tensor, z: torch.Tensor, temperature: float) -> torch.Tensor:
-        z = z.to(self.dtype) * temperature
+        z = z.to(self._weights) * temperature
         if not self.cuda_graphs:
             return self._core(mel, z)
         key = (mel.shape[0], mel.shape[-1])
@@ -385,12 +391,14 @@ class Synthesizer:
         frames = [m.shape[-1] for m in mels]
         longest, hop = max(frames), self.hop_length
         mel = torch.stack([F.pad(m, (0, longest - m.shape[-1])) for m in mels])
-        noise = torch.stack([F.pad(n.to(self.dtype), (0, longest * hop - n.shape[-1])) for n in z])
+        noise = torch.stack(
+            [F.pad(n.to(self._weights), (0, longest * hop - n.shape[-1])) for n in z]
+        )
         return self.student.decode(mel, noise * temperature, frames)[0]
 
     def _output(self, audio: torch.Tensor) -> torch.Tensor:
         """Audio back on the CPU in float32 (float64 when synthesising in float64)."""
-        return audio.to(device="cpu", dtype=torch.promote_types(self.dtype, torch.float32))
+        return audio.to(device="cpu", dtype=torch.promote_types(self._weights, torch.float32))
 
     def _seed(self, seed: int | None) -> int:
         if seed is None:
@@ -455,7 +463,7 @@ class Synthesizer:
             raise InputError(f"{name} has zero frames; pass at least one frame")
         if not torch.isfinite(x).all():
             raise InputError(f"{name} holds NaN or Inf values; recompute it from the audio")
-        return x.to(device=self.device, dtype=self.dtype)
+        return x.to(device=self.device, dtype=self._weights)
 
 
 def _solve_in_blocks(layer, past: torch.Tensor, u: torch.Tensor, pad: torch.Tensor, ctx):

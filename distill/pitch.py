@@ -32,6 +32,7 @@ from torch import nn
 
 from distill.audio import frame_padding, network_input
 from distill.config import AudioConfig
+from distill.precision import at_least_float32
 
 __all__ = [
     "F0_MIN",
@@ -190,8 +191,10 @@ class PitchPredictor(nn.Module):
     @torch.no_grad()
     def track(self, mel: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """mel (B, n_mels, F) -> F0 (B, F) in Hz and P(voiced) (B, F), without gradient (a
-        phase or a lag is a poor thing to descend on)."""
-        logits, voiced_logit = self(mel)
+        phase or a lag is a poor thing to descend on), and never in half precision: bf16's
+        ~3 digits would move a lag of 200 samples by one, and the long-term taps with it."""
+        with torch.autocast(mel.device.type, enabled=False):
+            logits, voiced_logit = self(at_least_float32(mel))
         return self.log_f0(logits).exp(), torch.sigmoid(voiced_logit.float())
 
     def loss(self, mel: torch.Tensor, audio: torch.Tensor, margin: int = 0):

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Smoke run of the whole main job (recipes/demo.sh stages 1-5) on a tiny corpus with the tiny
 # config, a few steps per stage, everything under a temporary folder: a broken stage fails CI.
-# Then the remaining commands once each: bench, export, score, toy2d.
+# Then the remaining commands once each: bench, export, score, the hardware check on CPU,
+# toy2d.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash recipes/setup.sh >/dev/null
@@ -27,6 +28,12 @@ python -c "import json,sys; d=json.load(open(sys.argv[1])); assert d['student_sa
   "$work/bench.json"
 distill export --checkpoint "$EXP/student/best.pt" --out "$work/student.pt2"
 distill score --teacher "$EXP/teacher/best.pt" "$(find "$CORPUS" -name "*.wav" | sort | head -n 1)"
+# the one-shot hardware check, on CPU with tiny budgets, so that it cannot rot unrun
+DEVICE=cpu OUT=$work/gpu_check bash recipes/gpu_check.sh > "$work/gpu_check.log" 2>&1 \
+  || { cat "$work/gpu_check.log" >&2; echo "smoke: gpu_check failed" >&2; exit 1; }
+test -s "$work/gpu_check/report.md"
+python -c "import json,sys; d=json.load(open(sys.argv[1])); assert d['run']['student']['step'] > 0" \
+  "$work/gpu_check/results.json"
 OUT=$work/toy2d bash recipes/toy2d.sh --teacher-steps 20 --student-steps 20 > "$work/toy2d.log" 2>&1 \
   || { cat "$work/toy2d.log" >&2; echo "smoke: toy2d failed" >&2; exit 1; }
 echo "smoke: all stages ran"

@@ -21,6 +21,7 @@ from distill.flows import (
     bound_log_scale,
     standard_normal_log_prob,
 )
+from distill.flows.interpolation import upsample_frames
 from distill.flows.linear_prediction import (
     K_MAX,
     AudioContext,
@@ -498,3 +499,15 @@ def test_reflection_coefficients_give_a_stable_predictor_whatever_the_weights():
         assert (K_MAX * torch.tanh(raw)).abs().max() <= K_MAX < 1.0
         coefs, _, _ = lp._linear_terms(features, 24)  # (B, order, T), built from those k
         assert torch.isfinite(coefs).all() and (coefs.abs() <= 2**12).all()  # |a_j| <= C(12, j)
+
+
+@pytest.mark.parametrize("frames,hop", [(1, 4), (5, 16), (7, 3), (3, 1)])
+def test_frame_interpolation_equals_linear_interpolate_with_its_gradient(frames, hop):
+    c = torch.randn(2, 3, frames, dtype=torch.float64, requires_grad=True)
+    ours = upsample_frames(c, hop)
+    ref = torch.nn.functional.interpolate(c, scale_factor=hop, mode="linear", align_corners=False)
+    torch.testing.assert_close(ours, ref, atol=1e-12, rtol=0)
+    g = torch.randn_like(ref)
+    (ours_grad,) = torch.autograd.grad(ours, c, g)
+    (ref_grad,) = torch.autograd.grad(ref, c, g)
+    torch.testing.assert_close(ours_grad, ref_grad, atol=1e-12, rtol=0)

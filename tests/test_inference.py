@@ -523,7 +523,8 @@ def test_synthesize_bad_input_is_one_clear_line_and_writes_nothing(
     assert not out.exists() or not any(out.iterdir())
 
 
-def test_bench_json_has_the_promised_keys(tmp_path, capsys):
+@pytest.fixture
+def tiny_yaml(tmp_path):
     cfg = tmp_path / "tiny.yaml"
     cfg.write_text(
         "audio: {sample_rate: 8000, n_fft: 64, win_length: 64, hop_length: 16, n_mels: 8, "
@@ -532,7 +533,15 @@ def test_bench_json_has_the_promised_keys(tmp_path, capsys):
         "skip_channels: 8, dilations: [1, 2, 4]}}\n"
         "student: {upsampler_channels: 8, flows: [{residual_channels: 8, gate_channels: 8, "
         "skip_channels: 8, dilations: [1, 2, 4]}]}\n"
+        "teacher_training: {batch_size: 2, segment_frames: 8}\n"
+        "student_training: {batch_size: 3, segment_frames: 4}\n"
+        "distill: {stft_resolutions: [[32, 8, 32]]}\n"
     )
+    return cfg
+
+
+def test_bench_json_has_the_promised_keys(tiny_yaml, capsys):
+    cfg = tiny_yaml
     args = [
         "bench",
         "--config",
@@ -559,6 +568,50 @@ def test_bench_json_has_the_promised_keys(tmp_path, capsys):
     assert "student / teacher cached" in table and "extrapolated" in table
     assert main(["bench", "--seconds", "1"]) == 2  # neither config nor checkpoints
     assert "--config" in capsys.readouterr().err
+
+
+def test_bench_times_the_paths_asked_for_and_training_steps(tiny_yaml, capsys):
+    args = ["bench", "--config", str(tiny_yaml), "--repeats", "1", "--json"]
+    assert main([*args, "--seconds", "0.05", "--paths", "student", "--dtype", "bf16"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["student_samples_per_s"] > 0 and result["dtype"] == "bfloat16"
+    assert result["teacher_cached_samples_per_s"] is None
+    assert result["teacher_naive_samples_per_s"] is None
+    # a matrix in one process: variant x dtype x batch, one JSON line each
+    matrix = ["--seconds", "0.05", "--paths", "student", "--dtype", "float32,bfloat16"]
+    assert main([*args, *matrix, "--batch", "1,2", "--variants", "eager,cuda-graphs"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [(r["variant"], r["dtype"], r["batch"]) for r in rows] == [
+        (v, d, b) for v in ("eager", "cuda-graphs") for d in ("float32", "bfloat16") for b in (1, 2)
+    ]
+    assert all(r["student_samples_per_s"] > 0 for r in rows[:4])
+    assert all(r["skipped"] == "CUDA graphs need a CUDA device" for r in rows[4:])
+    assert main([*args, *matrix, "--budget-s", "0"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 2 and all("budget" in json.loads(line)["skipped"] for line in lines)
+    for dtype in ("float32", "bfloat16"):
+        assert main([*args, "--train", "--dtype", dtype]) == 0
+        result = json.loads(capsys.readouterr().out)
+        assert result["teacher_train_samples_per_s"] > 0
+        assert result["student_train_samples_per_s"] > 0
+        assert (result["teacher_batch"], result["teacher_segment_samples"]) == (2, 8 * 16)
+        assert (result["student_batch"], result["student_segment_samples"]) == (3, 4 * 16)
+        assert result["dtype"] == dtype
+    assert main([*args, "--train"]) == 0  # the table too
+    assert main(["bench", "--config", str(tiny_yaml), "--train"]) == 0
+    assert "teacher step (2 x 128 samples)" in capsys.readouterr().out
+    for bad, message in (
+        (["--seconds", "1", "--paths", "student,fast"], "--paths must name some of"),
+        (["--train", "--seconds", "1"], "drop --seconds"),
+        (["--train", "--dtype", "float32,bfloat16"], "one value with --train"),
+        (["--seconds", "1", "--variants", "jit"], "--variants must name some of"),
+        (["--seconds", "1", "--batch", "1,x"], "--batch takes a comma-separated list"),
+        ([], "give --seconds"),
+    ):
+        assert main(["bench", "--config", str(tiny_yaml), *bad]) == 2
+        assert message in capsys.readouterr().err
+    assert main(["bench", "--train"]) == 2
+    assert "give --config" in capsys.readouterr().err
 
 
 # --- GPU (skipped without CUDA) ----------------------------------------------------------------

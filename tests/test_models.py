@@ -344,13 +344,13 @@ def test_shift_and_log_scale_layers_stay_float32_under_bf16_autocast():
     teacher = Teacher(tiny_config("teacher.linear_prediction_order=5")).float()
     lp = teacher.flow.layers[0].conditioner
     dtypes = {}
-    layers = {"out": lp.wavenet.out, "head": lp.wavenet.head, "coef": lp.coef_proj}
+    layers = {"out": lp.wavenet.out, "body": lp.wavenet.dilated[-1], "coef": lp.coef_proj}
     for name, layer in {**layers, "scale": lp.scale_proj}.items():
         layer.register_forward_hook(lambda m, i, o, name=name: dtypes.update({name: o.dtype}))
     mel = mel_batch().float()
     with torch.autocast("cpu", dtype=torch.bfloat16):
         mu, log_sigma = teacher.gaussian_conditionals(torch.randn(2, 20) * 0.1, mel)
-    assert dtypes["head"] == torch.bfloat16  # autocast is on for the body
+    assert dtypes["body"] == torch.bfloat16  # autocast is on for the body
     assert dtypes["out"] == dtypes["coef"] == dtypes["scale"] == torch.float32
     assert mu.dtype == log_sigma.dtype == torch.float32
 

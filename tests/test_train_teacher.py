@@ -286,6 +286,45 @@ def test_resume_in_process_equals_uninterrupted(tmp_path, tiny_prepared_dir, tin
     assert again.step == 8 and (tmp_path / "parts" / "latest.pt").read_bytes() == before
 
 
+def test_max_minutes_stops_with_checkpoints_and_the_run_resumes(
+    tmp_path, tiny_prepared_dir, tiny_audio_config, capsys
+):
+    """A wall-clock budget ends the run cleanly: the step past it is validated and saved
+    (latest.pt, best.pt), and re-running goes on with the whole run's schedule, as an
+    uninterrupted run would."""
+    cfg = tiny_config(tiny_audio_config, steps=8, val_every=4, save_every=4)
+    whole, _ = run_teacher(cfg, tiny_prepared_dir, tmp_path / "whole")
+    boxed = tiny_config(tiny_audio_config, steps=8, val_every=4, save_every=4, max_minutes=1e-9)
+    _, result = run_teacher(boxed, tiny_prepared_dir, tmp_path / "boxed")
+    assert result.step == 1 and "val/bits_per_sample" in result.val
+    assert "stopped at step 1 of 8: teacher_training.max_minutes=1e-09" in capsys.readouterr().err
+    for name in ("latest.pt", "best.pt"):
+        assert load_checkpoint(tmp_path / "boxed" / name)["step"] == 1
+    resumed, result = run_teacher(cfg, tiny_prepared_dir, tmp_path / "boxed")  # budget lifted
+    assert (result.start_step, result.step) == (1, 8)
+    assert states_equal(whole.model.state_dict(), resumed.model.state_dict())
+
+
+def test_cpu_amp_runs_the_step_under_bf16_autocast(tmp_path, tiny_prepared_dir, tiny_audio_config):
+    def spy(seen):
+        def hook(stage):
+            step_fn = stage.train_step
+
+            def train_step(module, batch):
+                seen.add(torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu"))
+                return step_fn(module, batch)
+
+            stage.train_step = train_step
+
+        return hook
+
+    for cpu_amp, expected in ((True, {torch.bfloat16}), (False, {False})):
+        seen = set()
+        cfg = tiny_config(tiny_audio_config, steps=2, cpu_amp=cpu_amp)
+        _, result = run_teacher(cfg, tiny_prepared_dir, tmp_path / str(cpu_amp), spy(seen))
+        assert seen == expected and result.bad_steps == 0
+
+
 @pytest.mark.slow
 def test_sigkill_mid_run_resumes(tmp_path, tiny_prepared_dir, tiny_audio_config):
     cfg = tiny_config(tiny_audio_config, steps=10_000, save_every=1, val_every=1_000, log_every=1)

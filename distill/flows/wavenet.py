@@ -31,8 +31,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from distill.flows import wavenet_fused
+from distill.flows.interpolation import upsample_frames
 
-__all__ = ["CausalWaveNet", "StepState"]
+__all__ = ["CausalWaveNet", "StepState", "pointwise"]
 
 
 @dataclass
@@ -65,6 +66,19 @@ def full_precision(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
         return layer(x)
     with torch.autocast(device, enabled=False):
         return layer(x.float())
+
+
+def pointwise(layer: nn.Conv1d, x: torch.Tensor, add: torch.Tensor | None = None) -> torch.Tensor:
+    """``layer(x) + add`` for a 1x1 convolution, as one batched matrix product.
+
+    x (B, C_in, T), add (B, C_out, T) or None -> (B, C_out, T). The same function as
+    ``layer(x) + add``; on CPU ``conv1d`` with kernel 1 takes a slow im2col path in float32
+    and a slow oneDNN one in bf16, forward and backward (docs/design.md, "Training speed on
+    CPU"). Under autocast it runs in the half dtype, as the convolution would.
+    """
+    weight = layer.weight[:, :, 0].expand(x.shape[0], -1, -1)
+    bias = layer.bias[:, None]
+    return torch.baddbmm(bias if add is None else add + bias.to(add.dtype), weight, x)
 
 
 class CausalWaveNet(nn.Module):
@@ -118,7 +132,7 @@ class CausalWaveNet(nn.Module):
             raise ValueError(f"audio length {length} is not a multiple of {frames} cond frames")
         c = self.cond_proj(cond)
         if frames != length:
-            c = F.interpolate(c, size=length, mode="linear", align_corners=False)
+            c = upsample_frames(c, length // frames)
         return c
 
     def forward(self, u: torch.Tensor, cond: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -136,18 +150,20 @@ class CausalWaveNet(nn.Module):
             return wavenet_fused.run(self, u, c=c)
         shifted = F.pad(u, (1, 0))[:, :-1].unsqueeze(1)  # (B, 1, T): position t holds u_{t-1}
         h = self.front(shifted)
-        skips = 0.0
-        g = self.gate_channels
+        skips = None
+        # one split, not a slice per layer: a slice's backward fills a zero gradient of all of
+        # c, L times over (43% of a paper-size teacher's training step on CPU)
+        conds = c.split(self.gate_channels, dim=1)
         last = len(self.dilated) - 1
         for i, (conv, skip) in enumerate(zip(self.dilated, self.skip)):
             x = conv(F.pad(h, ((self.kernel_size - 1) * conv.dilation[0], 0)))
-            x = x + c[:, i * g : (i + 1) * g]
+            x = x + conds[i]
             a, b = x.chunk(2, dim=1)
             z = torch.tanh(a) * torch.sigmoid(b)
-            skips = skips + skip(z)
+            skips = pointwise(skip, z, skips)
             if i < last:
-                h = (h + self.res[i](z)) * math.sqrt(0.5)
-        out = full_precision(self.out, torch.relu(self.head(torch.relu(skips))))
+                h = pointwise(self.res[i], z, h) * math.sqrt(0.5)
+        out = full_precision(self.out, torch.relu(pointwise(self.head, torch.relu(skips))))
         return out[:, 0], out[:, 1]
 
     # --- one sample at a time -----------------------------------------------------------------

@@ -17,8 +17,13 @@ per-operator overhead rather than arithmetic:
   slot per time step), then three small operators per layer (tanh, addcmul, addmm), then the
   output head; ``sigmoid(b) = (1 + tanh(b / 2)) / 2`` lets one tanh serve the gate.
 
+Under autocast to a half dtype (:mod:`distill.precision`) both follow autocast's rule for the
+plain code: the one pass runs its body in that dtype and its ``out`` layer in float32 (on CPU
+in the layout of :mod:`distill.flows.wavenet_lowp`, built for the bf16 matrix units), and the
+step runs wholly in the model's dtype (a column per step: half precision buys no speed).
+
 Rearranged weights are cached on the module and rebuilt whenever a parameter changes (pointer
-or version counter), in float32 for half-precision models.
+or version counter), folded in float32 for half-precision models.
 """
 
 from __future__ import annotations
@@ -31,7 +36,11 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-__all__ = ["enabled", "run", "start", "step", "derived_weights"]
+from distill.flows import wavenet_lowp
+from distill.flows.interpolation import frame_kernel
+from distill.precision import HALF_DTYPES
+
+__all__ = ["enabled", "run", "start", "step", "derived_weights", "lowp_weights", "autocast_dtype"]
 
 _SQRT_HALF = math.sqrt(0.5)
 
@@ -41,28 +50,56 @@ def enabled() -> bool:
     return not torch.is_grad_enabled() and not torch.compiler.is_compiling()
 
 
-def derived_weights(net) -> Derived:
+def derived_weights(net, lowp: torch.dtype | None = None) -> Derived:
     """Weights rearranged for the fused paths; rebuilt when any parameter changes.
+
+    ``lowp``: the dtype of an autocast run, for every weight but the ``out`` layer's, which
+    keeps the model's own dtype (as ``full_precision`` keeps it in the plain code).
+    """
+
+    def build() -> Derived:
+        dtype = net.front.weight.dtype
+        if dtype in HALF_DTYPES:  # fold in float32, then cast
+            derived = _cast(Derived.build(copy.deepcopy(net).float()), dtype)
+        else:
+            derived = Derived.build(net)
+        if lowp is None:
+            return derived
+        return dataclasses.replace(_cast(derived, lowp), out=derived.out, out_b=derived.out_b)
+
+    return _cached(net, ("fused", lowp), build)
+
+
+def lowp_weights(net, lowp: torch.dtype) -> wavenet_lowp.LowpWeights:
+    """The weights of the CPU half-precision path (:mod:`distill.flows.wavenet_lowp`)."""
+    return _cached(net, ("lowp", lowp), lambda: wavenet_lowp.LowpWeights.build(net, lowp))
+
+
+def _cached(net, slot: tuple, build):
+    """``build()`` under no_grad, cached on ``net._derived[slot]`` until a parameter changes.
 
     Changes are noticed through each parameter's storage pointer and version counter, which
     optimizers, ``load_state_dict``, ``.to()`` and in-place updates under ``no_grad`` all move.
     Writing through ``param.data`` bypasses the version counter: set ``net._derived = None``
     after doing that.
     """
-    params = list(net.parameters())
-    key = tuple(
-        (p.data_ptr(), 0 if p.is_inference() else p._version, p.dtype, p.device) for p in params
-    )
-    if net._derived is None or net._derived[0] != key:
-        net._derived = None
-        dtype = net.front.weight.dtype
+    key = parameter_key(net)
+    cache = net._derived or {}
+    if slot not in cache or cache[slot][0] != key:
         with torch.no_grad():
-            if dtype in (torch.float16, torch.bfloat16):  # fold in float32, then cast
-                derived = _cast(Derived.build(copy.deepcopy(net).float()), dtype)
-            else:
-                derived = Derived.build(net)
-        net._derived = (key, derived)
-    return net._derived[1]
+            value = build()
+        cache = {s: v for s, v in cache.items() if v[0] == key}  # stale slots go
+        cache[slot] = (key, value)
+        net._derived = cache
+    return cache[slot][1]
+
+
+def parameter_key(net) -> tuple:
+    """What changes when any parameter of ``net`` changes: storage, version, dtype, device."""
+    return tuple(
+        (p.data_ptr(), 0 if p.is_inference() else p._version, p.dtype, p.device)
+        for p in net.parameters()
+    )
 
 
 def run(net, u, frames=None, c=None, batched: bool | None = None):
@@ -70,23 +107,47 @@ def run(net, u, frames=None, c=None, batched: bool | None = None):
 
     ``batched``: batched products over all items (the GPU layout) or 2-D products one item at a
     time (faster on CPU); None picks by device.
+
+    Under autocast to bf16/fp16 the body runs in that dtype and the input, the ``out`` layer
+    and the results stay float32 (as the plain code under autocast): on CPU through the
+    time-major stacked-tap path of :mod:`distill.flows.wavenet_lowp`, in the batched layout
+    here otherwise.
     """
+    lowp = autocast_dtype(u.device)
+    flat = u.device.type == "cpu" if batched is None else not batched
+    if lowp is None:
+        return _run(net, u, frames, c, flat, derived_weights(net))
+    with _no_autocast(u.device):
+        if flat:
+            return wavenet_lowp.run(net, u, lowp_weights(net, lowp), frames, c)
+        frames, c = (None if t is None else t.to(lowp) for t in (frames, c))
+        return _run(net, u.to(lowp), frames, c, flat, derived_weights(net, lowp))
+
+
+def autocast_dtype(device: torch.device) -> torch.dtype | None:
+    """The half-precision dtype autocast runs ``device``'s matrix products in, or None."""
+    if not torch.is_autocast_enabled(device.type):
+        return None
+    dtype = torch.get_autocast_dtype(device.type)
+    return dtype if dtype in HALF_DTYPES else None
+
+
+def _run(net, u, frames, c, flat: bool, w: Derived):
     batch, length = u.shape
-    cpu = u.device.type == "cpu"
-    flat = cpu if batched is None else not batched
     if flat and batch > 1:
         outs = [
-            run(
+            _run(
                 net,
                 u[b : b + 1],
                 None if frames is None else frames[b : b + 1],
                 None if c is None else c[b : b + 1],
-                batched=False,
+                flat,
+                w,
             )
             for b in range(batch)
         ]
         return torch.cat([o[0] for o in outs]), torch.cat([o[1] for o in outs])
-    w = derived_weights(net)
+    cpu = u.device.type == "cpu"
     L, R, G = len(net.dilations), net.residual_channels, net.gate_channels
     k, half = net.kernel_size, G // 2
     spans = [(k - 1) * d for d in net.dilations]
@@ -103,7 +164,7 @@ def run(net, u, frames=None, c=None, batched: bool | None = None):
         nblk = -(-frames.shape[-1] // m)
         win = F.pad(win, (0, 0, 0, nblk * m - frames.shape[-1]))
         win = win.view(batch, L, G, nblk, m, 3).permute(0, 3, 1, 2, 4, 5).contiguous()
-        kernel = _interp_kernel(hop, u.dtype, u.device)  # (3, hop)
+        kernel = frame_kernel(hop, u.dtype, u.device)  # (3, hop)
     single = block >= length
     if single:
         top = max(spans)
@@ -113,7 +174,7 @@ def run(net, u, frames=None, c=None, batched: bool | None = None):
         bufs = [u.new_empty(*lead, R, spans[i] + block) for i in range(L)]
         for i in range(L):
             bufs[i][..., : spans[i]] = w.pad[i]
-    out = u.new_empty(*lead, 2, length)
+    out = u.new_empty(*lead, 2, length, dtype=w.out.dtype)
     u_prev = F.pad(u, (1, 0))[:, None, :-1]  # (B, 1, T): position t holds u_{t-1}
     if flat:
         u_prev = u_prev[0]
@@ -150,17 +211,23 @@ def run(net, u, frames=None, c=None, batched: bool | None = None):
                 tail = buf[..., n : n + span]
                 buf[..., :span] = tail.clone() if n < span else tail
         hid = _mm(w.head_b, w.head, skips.relu_()).relu_()
-        _mm(w.out_b, w.out, hid, out=out[..., t0 : t0 + n])
+        _mm(w.out_b, w.out, hid.to(w.out.dtype), out=out[..., t0 : t0 + n])
     if flat:
         out = out[None]
     return out[:, 0], out[:, 1]
 
 
 def start(net, cond: torch.Tensor, length: int) -> FusedStep:
-    """State for cached generation of ``length`` samples; conditioning computed once."""
+    """State for cached generation of ``length`` samples; conditioning computed once.
+
+    The step runs in the model's own dtype even under autocast: its products are single
+    columns, where half precision buys no speed (the float32 products are faster on CPU) and
+    would cost the shift and log-scale their accuracy.
+    """
     w = derived_weights(net)
     f = w.step
-    c = net.condition(cond, length)  # (B, L * G, T)
+    with _no_autocast(cond.device):
+        c = net.condition(cond.to(net.front.weight.dtype), length)  # (B, L * G, T)
     batch = c.shape[0]
     L, R, G, S = len(net.dilations), net.residual_channels, net.gate_channels, f.skip_dim
     # time-major gate conditioning, sigmoid halves pre-scaled: (T, L, B, G)
@@ -188,6 +255,17 @@ def start(net, cond: torch.Tensor, length: int) -> FusedStep:
 
 def step(s: FusedStep, t: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Shift and raw log-scale (B,) at time ``t``; ``s.u_prev`` holds the input at ``t - 1``."""
+    if torch.is_autocast_enabled(s.x.device.type):
+        with _no_autocast(s.x.device):
+            return _step(s, t)
+    return _step(s, t)
+
+
+def _no_autocast(device: torch.device):
+    return torch.autocast(device.type, enabled=False)
+
+
+def _step(s: FusedStep, t: int) -> tuple[torch.Tensor, torch.Tensor]:
     f = s.derived
     torch.addmm(f.const, s.u_prev, f.u_row, out=s.x)
     cond = s.rows[t]  # (L, B, G)
@@ -233,19 +311,6 @@ def _mm_(acc, w, x) -> None:
         acc.addmm_(w, x)
     else:
         acc.baddbmm_(w.expand(x.shape[0], -1, -1), x)
-
-
-_KERNELS: dict[tuple, torch.Tensor] = {}
-
-
-def _interp_kernel(hop: int, dtype, device) -> torch.Tensor:
-    """(3, hop): weights of frames f-1, f, f+1 for the samples of frame f (align_corners=False)."""
-    key = (hop, dtype, str(device))
-    if key not in _KERNELS:
-        pos = (torch.arange(hop, dtype=torch.float64) + 0.5) / hop - 0.5
-        k = torch.stack([(-pos).clamp(min=0), 1 - pos.abs(), pos.clamp(min=0)])
-        _KERNELS[key] = k.to(dtype=dtype, device=device)
-    return _KERNELS[key]
 
 
 @dataclass

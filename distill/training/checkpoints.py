@@ -49,6 +49,8 @@ RESUME_FREE_KEYS = frozenset(
         "audio_sample_seconds",
         "compile",
         "amp",
+        "cpu_amp",
+        "max_minutes",
     }
 )
 """Training keys that may change when a run is resumed (length of the run, cadence of logs,

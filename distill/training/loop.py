@@ -9,6 +9,7 @@ loop says *how*. :func:`train` reads top to bottom, as nanoGPT's loop does::
         forward, backward, clip, step (a non-finite step is skipped), EMA
         log.step(...)
         validate (rank 0) -> save best.pt if it improved; save latest.pt
+        past max_minutes: validate, save, stop
 
 What it does:
 
@@ -17,8 +18,14 @@ What it does:
 - EMA (Polyak) copy of the weights, decay ``min(ema_decay, (1 + n) / (10 + n))`` after the
   n-th update, so early validations are not dominated by the random initialisation; validation,
   media and ``best.pt`` use it; both weight sets are saved.
-- bf16 autocast around ``train_step`` on CUDA when ``amp`` (never on CPU); the stage keeps its
-  log-dets and loss in float32. ``compile=True`` wraps ``train_module()`` in torch.compile.
+- bf16 autocast around ``train_step`` on CUDA when ``amp``, on CPU when ``cpu_amp`` (its bf16
+  matrix units, AMX or AVX-512-bf16, run the convolutions several times faster than float32);
+  the stage keeps its log-dets and loss in float32. ``compile=True`` wraps ``train_module()``
+  in torch.compile.
+- ``max_minutes`` (0: off) is a wall-clock budget for one invocation, counted from its start:
+  the first step that ends past it validates, saves ``latest.pt`` (and ``best.pt`` if it
+  improved) and ends the run, every rank at the same step (rank 0's clock decides); re-running
+  resumes from there with the whole run's schedule, as after ``stop_at``.
 - A step whose loss or gradient norm is not finite (on any rank) is skipped (no update) and
   counted (``train/bad_steps``); ``max_bad_steps`` in a row raise :class:`TrainingDiverged`
   without saving, so the last good ``latest.pt`` stays as it was.
@@ -49,6 +56,7 @@ import copy
 import math
 import random
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -97,6 +105,7 @@ def train(
     ``stop_at``: end this invocation at that step (validating and saving there) while keeping
     the learning-rate schedule of the whole run, e.g. to train in fixed-length chunks.
     """
+    started = time.monotonic()
     ctx = ctx or DistContext()
     tc, out = stage.training, Path(out_dir)
     section = stage.training_section or "training"
@@ -119,7 +128,8 @@ def train(
     module = distributed.wrap_ddp(module, ctx)
     batches = batch_stream(stage, state.step, ctx)
     checkpoints = Checkpointer(out, stage, ctx)
-    use_amp = tc.amp and ctx.device.type == "cuda"
+    use_amp = tc.amp if ctx.device.type == "cuda" else tc.cpu_amp
+    deadline = started + 60 * tc.max_minutes if tc.max_minutes > 0 else None
     max_norm = tc.grad_clip if tc.grad_clip > 0 else float("inf")
     bad_in_row = 0
     with StepLogger(stage, out, ctx, state.step, end, progress) as log:
@@ -129,7 +139,7 @@ def train(
             for group in state.optimizer.param_groups:
                 group["lr"] = lr
             state.optimizer.zero_grad(set_to_none=True)
-            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_amp):
+            with torch.autocast(ctx.device.type, dtype=torch.bfloat16, enabled=use_amp):
                 terms = stage.train_step(module, batch)
             loss = terms["loss"]
             loss.float().backward()
@@ -148,15 +158,27 @@ def train(
                 if bad_in_row >= tc.max_bad_steps:
                     raise _diverged(out, state.step, bad_in_row, loss, grad_norm, section)
             log.step(state, terms, loss, grad_norm if ok else None, lr, stage.batch_samples(batch))
+            time_up = deadline is not None and distributed.from_main(
+                time.monotonic() >= deadline, ctx
+            )
 
             with log.paused():  # throughput counts training time only
-                if state.step % tc.val_every == 0 or state.step == end:
+                last = state.step == end or time_up
+                if state.step % tc.val_every == 0 or last:
                     if validate(stage, state, log, ctx):
                         checkpoints.save("best.pt", state)
                     distributed.barrier(ctx)
-                if state.step % tc.save_every == 0 or state.step == end:
+                if state.step % tc.save_every == 0 or last:
                     checkpoints.save("latest.pt", state)
                     distributed.barrier(ctx)
+            if time_up and state.step < end:
+                if ctx.is_main:
+                    print(
+                        f"stopped at step {state.step} of {end}: {section}.max_minutes="
+                        f"{tc.max_minutes:g} reached; {out / 'latest.pt'} saved, re-run to go on",
+                        file=sys.stderr,
+                    )
+                break
     return state.result(start_step, out, log)
 
 

@@ -1,0 +1,140 @@
+"""Training speed: one teacher step and one student step, timed (``distill bench --train``).
+
+Each step is what the loop does (:func:`distill.training.loop.train`): the stage's loss from
+its train module (:class:`~distill.training.teacher.TeacherLikelihood`,
+:class:`~distill.training.student.DistillObjective` with the frozen teacher), under autocast
+for a half dtype (:func:`distill.precision.half_precision`, as ``amp`` / ``cpu_amp`` make the
+loop do), backward, gradient clipping and one Adam update. Models are randomly initialised
+from the config and batches are random audio and mels of the config's ``batch_size`` and
+``segment_frames``: the cost does not depend on the values. Each step is warmed up, then
+timed ``repeats`` times; the fastest counts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+
+from distill.benchmark import best_time, cpu_count, load_average
+from distill.config import Config, TrainingConfig
+from distill.inference import resolve_device, resolve_dtype
+from distill.losses import DistillationLoss, check_estimator
+from distill.models import Teacher
+from distill.precision import half_precision
+from distill.training.student import DistillObjective, init_student
+from distill.training.teacher import TeacherLikelihood
+
+__all__ = ["TrainSpeed", "train_speed", "format_train_speed"]
+
+
+@dataclass
+class TrainSpeed:
+    teacher_train_samples_per_s: float
+    student_train_samples_per_s: float
+    device: str
+    dtype: str
+    teacher_batch: int
+    student_batch: int
+    teacher_segment_samples: int
+    student_segment_samples: int
+    threads: int
+    load_average: float  # 1-minute load average at the end (CPU contention from other work)
+    cpus: int
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def train_speed(
+    config: Config, device=None, dtype=None, batch: int | None = None, repeats: int = 3
+) -> TrainSpeed:
+    """Samples/s of one training step of each stage; ``batch`` replaces both configs' batch."""
+    device, dtype = resolve_device(device), resolve_dtype(dtype)
+    torch.manual_seed(0)
+    teacher = Teacher(config).to(device)
+    likelihood = TeacherLikelihood(teacher).train()
+
+    def teacher_loss(audio, mel):
+        log_prob = likelihood(audio, mel)[0]
+        return -log_prob.mean() / audio.shape[-1]
+
+    teacher_rate, teacher_shape = _step_speed(
+        teacher, teacher_loss, config, config.teacher_training, batch, device, dtype, repeats
+    )
+
+    frozen = teacher.eval().requires_grad_(False)
+    student = init_student(config, frozen).to(device)
+    check_estimator(student, frozen, config.distill.estimator)
+    objective = DistillObjective(student, frozen, DistillationLoss(config.distill)).train()
+    student_rate, student_shape = _step_speed(
+        student,
+        lambda audio, mel: objective(audio, mel)["loss"],
+        config,
+        config.student_training,
+        batch,
+        device,
+        dtype,
+        repeats,
+    )
+    return TrainSpeed(
+        teacher_train_samples_per_s=teacher_rate,
+        student_train_samples_per_s=student_rate,
+        device=str(device),
+        dtype=str(dtype).removeprefix("torch."),
+        teacher_batch=teacher_shape[0],
+        student_batch=student_shape[0],
+        teacher_segment_samples=teacher_shape[1],
+        student_segment_samples=student_shape[1],
+        threads=torch.get_num_threads(),
+        load_average=load_average(),
+        cpus=cpu_count(),
+    )
+
+
+def _step_speed(
+    model: torch.nn.Module,
+    loss_fn,
+    config: Config,
+    tc: TrainingConfig,
+    batch: int | None,
+    device: torch.device,
+    dtype: torch.dtype,
+    repeats: int,
+) -> tuple[float, tuple[int, int]]:
+    """Fastest step of ``repeats`` after one warm-up: samples/s and the batch's (B, T)."""
+    batch = batch or tc.batch_size
+    hop = config.audio.hop_length
+    gen = torch.Generator().manual_seed(0)
+    audio = (0.1 * torch.randn(batch, tc.segment_frames * hop, generator=gen)).to(device)
+    mel = (torch.randn(batch, config.audio.n_mels, tc.segment_frames, generator=gen) - 5).to(device)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.Adam(params, lr=tc.lr)
+    max_norm = tc.grad_clip if tc.grad_clip > 0 else float("inf")
+
+    def step():
+        optimizer.zero_grad(set_to_none=True)
+        with half_precision(device, dtype):
+            loss = loss_fn(audio, mel)
+        loss.float().backward()
+        torch.nn.utils.clip_grad_norm_(params, max_norm)
+        optimizer.step()
+
+    step()  # warm-up
+    return audio.numel() / best_time(step, repeats, device), tuple(audio.shape)
+
+
+def format_train_speed(r: TrainSpeed) -> str:
+    lines = [
+        f"distill bench --train: {r.device}, {r.dtype}, {r.threads} CPU threads",
+        f"  teacher step ({r.teacher_batch} x {r.teacher_segment_samples} samples): "
+        f"{r.teacher_train_samples_per_s:,.0f} samples/s",
+        f"  student step ({r.student_batch} x {r.student_segment_samples} samples): "
+        f"{r.student_train_samples_per_s:,.0f} samples/s",
+    ]
+    if r.device == "cpu" and r.load_average > r.cpus:
+        lines.append(
+            f"  warning: load average {r.load_average:.1f} on {r.cpus} CPUs: other work competes "
+            "for the cores, so timings are low and noisy"
+        )
+    return "\n".join(lines)
