@@ -161,10 +161,13 @@ def test_bf16_synthesis_is_within_35_db_of_float32():
 # --- training under CPU autocast ----------------------------------------------------------------
 
 
-def test_training_losses_and_gradients_under_cpu_autocast_stay_close_to_float32():
+def test_training_losses_and_gradients_under_cpu_autocast_stay_close_to_float32(
+    tiny_audio_config,
+):
     """``cpu_amp``: the plain code under CPU bf16 autocast (what the loop runs) gives the
     teacher's NLL and the student's loss within 1% of float32 (measured on the paper and demo
-    configs: 0.05-0.1%), and gradients pointing the same way."""
+    configs: 0.05-0.1%), and gradients pointing the same way; with the linear and long-term
+    predictors and the student's feedback flow, whose terms stay float32."""
     from distill.losses import DistillationLoss
     from distill.training.student import DistillObjective, init_student
     from distill.training.teacher import TeacherLikelihood
@@ -173,27 +176,45 @@ def test_training_losses_and_gradients_under_cpu_autocast_stay_close_to_float32(
         residual_channels=32, gate_channels=64, skip_channels=32, kernel_size=3, dilations=(1, 2, 4)
     )
     config = Config(
-        audio=AUDIO,
-        teacher=TeacherConfig(wavenet=wavenet, upsampler_channels=16, linear_prediction_order=4),
-        student=StudentConfig(flows=(wavenet,) * 2, upsampler_channels=16),
+        audio=tiny_audio_config,  # long enough frames for the pitch predictor's YIN
+        teacher=TeacherConfig(
+            wavenet=wavenet, upsampler_channels=16, linear_prediction_order=4, long_term_taps=2
+        ),
+        student=StudentConfig(
+            flows=(wavenet,) * 2,
+            upsampler_channels=16,
+            linear_prediction_order=4,
+            long_term_taps=2,
+            long_term_feedback=True,
+        ),
     )
     config = dataclasses.replace(
         config, distill=dataclasses.replace(config.distill, stft_resolutions=((64, 16, 64),))
     )
     torch.manual_seed(0)
     teacher = Teacher(config)
+    randomize(teacher.pitch, std=0.2)  # some frames voiced: lags > 0 (the student copies it)
     student = init_student(config, teacher)
     for model, log_scale in ((teacher, -4.0), (student, -0.5)):
         gen = torch.Generator().manual_seed(1)
         with torch.no_grad():
             for layer in model.flow.layers:
-                wavenet_out = getattr(layer.conditioner, "wavenet", layer.conditioner).out
+                conditioner = layer.conditioner
+                if hasattr(conditioner, "lag_proj"):  # long-term taps that are not zero
+                    conditioner.lag_proj.bias.copy_(
+                        0.3 * torch.randn(conditioner.lag_proj.bias.shape, generator=gen)
+                    )
+                if not hasattr(conditioner, "wavenet"):  # the student's feedback flow
+                    continue
+                wavenet_out = conditioner.wavenet.out
                 wavenet_out.weight.copy_(
                     0.05 * torch.randn(wavenet_out.weight.shape, generator=gen)
                 )
                 wavenet_out.bias.copy_(torch.tensor([0.0, log_scale]))
-    audio, mel = 0.1 * torch.randn(2, 16 * 24), torch.randn(2, 8, 24) - 5
+    hop, n_mels = tiny_audio_config.hop_length, tiny_audio_config.n_mels
+    audio, mel = 0.1 * torch.randn(2, hop * 24), torch.randn(2, n_mels, 24) - 5
     likelihood = TeacherLikelihood(teacher)
+    assert (teacher.conditioning(mel)[0].lags > 0).any()  # the long-term terms are in play
 
     def loss_and_grad(loss_fn, model, amp: bool):
         model.zero_grad()
@@ -211,7 +232,6 @@ def test_training_losses_and_gradients_under_cpu_autocast_stay_close_to_float32(
         assert torch.nn.functional.cosine_similarity(half_grad, grad, dim=0) > 0.99
 
     close(lambda: -likelihood(audio, mel)[0].mean() / audio.shape[-1], teacher)
-    objective = DistillObjective(
-        student, teacher.requires_grad_(False), DistillationLoss(config.distill)
-    )
+    loss = DistillationLoss(config.distill)
+    objective = DistillObjective(student, teacher.requires_grad_(False), loss, pitch_weight=1.0)
     close(lambda: objective(audio, mel)["loss"], student)

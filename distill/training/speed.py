@@ -20,10 +20,10 @@ from distill.benchmark import best_time, cpu_count, load_average
 from distill.config import Config, TrainingConfig
 from distill.inference import resolve_device, resolve_dtype
 from distill.losses import DistillationLoss, check_estimator
-from distill.models import Teacher
+from distill.models import AudioFlow, Teacher, segment_margin, with_margin
 from distill.precision import half_precision
 from distill.training.student import DistillObjective, init_student
-from distill.training.teacher import TeacherLikelihood
+from distill.training.teacher import TeacherLikelihood, likelihood_terms
 
 __all__ = ["TrainSpeed", "train_speed", "format_train_speed"]
 
@@ -54,19 +54,24 @@ def train_speed(
     torch.manual_seed(0)
     teacher = Teacher(config).to(device)
     likelihood = TeacherLikelihood(teacher).train()
-
-    def teacher_loss(audio, mel):
-        log_prob = likelihood(audio, mel)[0]
-        return -log_prob.mean() / audio.shape[-1]
-
+    teacher_weight = config.teacher_training.pitch_weight
     teacher_rate, teacher_shape = _step_speed(
-        teacher, teacher_loss, config, config.teacher_training, batch, device, dtype, repeats
+        teacher,
+        lambda audio, mel: likelihood_terms(likelihood, audio, mel, teacher_weight)["loss"],
+        config,
+        config.teacher_training,
+        batch,
+        device,
+        dtype,
+        repeats,
     )
 
     frozen = teacher.eval().requires_grad_(False)
     student = init_student(config, frozen).to(device)
     check_estimator(student, frozen, config.distill.estimator)
-    objective = DistillObjective(student, frozen, DistillationLoss(config.distill)).train()
+    loss = DistillationLoss(config.distill)
+    student_weight = config.student_training.pitch_weight
+    objective = DistillObjective(student, frozen, loss, student_weight).train()
     student_rate, student_shape = _step_speed(
         student,
         lambda audio, mel: objective(audio, mel)["loss"],
@@ -93,7 +98,7 @@ def train_speed(
 
 
 def _step_speed(
-    model: torch.nn.Module,
+    model: AudioFlow,
     loss_fn,
     config: Config,
     tc: TrainingConfig,
@@ -107,7 +112,10 @@ def _step_speed(
     hop = config.audio.hop_length
     gen = torch.Generator().manual_seed(0)
     audio = (0.1 * torch.randn(batch, tc.segment_frames * hop, generator=gen)).to(device)
-    mel = (torch.randn(batch, config.audio.n_mels, tc.segment_frames, generator=gen) - 5).to(device)
+    margin = segment_margin(model)  # the mel context a training segment carries
+    frames = tc.segment_frames + 2 * margin
+    mel = (torch.randn(batch, config.audio.n_mels, frames, generator=gen) - 5).to(device)
+    mel = with_margin(mel, margin)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.Adam(params, lr=tc.lr)
     max_norm = tc.grad_clip if tc.grad_clip > 0 else float("inf")

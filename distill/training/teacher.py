@@ -42,7 +42,7 @@ from distill.training.stage import (
     training_corpus,
 )
 
-__all__ = ["TeacherStage", "TeacherLikelihood"]
+__all__ = ["TeacherStage", "TeacherLikelihood", "likelihood_terms"]
 
 
 class TeacherLikelihood(nn.Module):
@@ -66,6 +66,33 @@ class TeacherLikelihood(nn.Module):
             window, margin = split_window(mel)
             pitch, metrics = self.teacher.pitch.loss(window, audio, margin)
         return log_prob, log_sigma.detach().float(), residual, pitch, metrics
+
+
+def likelihood_terms(
+    module: nn.Module, audio: torch.Tensor, mel, pitch_weight: float
+) -> dict[str, torch.Tensor]:
+    """One teacher training step's loss and logged terms: the NLL in nats per sample plus
+    ``pitch_weight`` times the pitch predictor's loss. ``module`` is a (wrapped)
+    :class:`TeacherLikelihood`; ``mel`` what :func:`~distill.training.stage.segment_batch`
+    gives. ``distill bench --train`` times this same function."""
+    log_prob, log_sigma, residual, pitch, metrics = module(audio, mel)
+    nll = -log_prob.mean() / audio.shape[-1]  # nats per sample
+    loss = nll
+    if pitch is not None:
+        loss = nll + pitch_weight * pitch
+        metrics = {"loss/pitch": pitch.detach(), **metrics}
+    return {
+        "loss": loss,
+        **metrics,
+        "loss/nll": nll.detach(),
+        "train/bits_per_sample": nll_bits_per_sample(-nll.detach(), 1),
+        "train/prediction_gain_db": prediction_gain_db(
+            audio.float().square().sum(), residual.square().sum()
+        ),
+        "log_scale/mean": log_sigma.mean(),
+        "log_scale/min": log_sigma.min(),
+        "log_scale/max": log_sigma.max(),
+    }
 
 
 class TeacherStage(Stage):
@@ -137,24 +164,7 @@ class TeacherStage(Stage):
 
     def train_step(self, module: nn.Module, batch) -> dict[str, torch.Tensor]:
         audio, mel = segment_batch(self, batch)
-        log_prob, log_sigma, residual, pitch, metrics = module(audio, mel)
-        nll = -log_prob.mean() / audio.shape[-1]  # nats per sample
-        loss = nll
-        if pitch is not None:
-            loss = nll + self.training.pitch_weight * pitch
-            metrics = {"loss/pitch": pitch.detach(), **metrics}
-        return {
-            "loss": loss,
-            **metrics,
-            "loss/nll": nll.detach(),
-            "train/bits_per_sample": nll_bits_per_sample(-nll.detach(), 1),
-            "train/prediction_gain_db": prediction_gain_db(
-                audio.float().square().sum(), residual.square().sum()
-            ),
-            "log_scale/mean": log_sigma.mean(),
-            "log_scale/min": log_sigma.min(),
-            "log_scale/max": log_sigma.max(),
-        }
+        return likelihood_terms(module, audio, mel, self.training.pitch_weight)
 
     # --- validation ---------------------------------------------------------------------------
 
