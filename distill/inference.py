@@ -28,9 +28,7 @@ import torch.nn.functional as F
 
 from distill.config import AudioConfig
 from distill.errors import AudioError, ConfigError, InputError
-from distill.flows import bound_log_scale
-from distill.flows.linear_prediction import AudioContext
-from distill.models import Student
+from distill.models import Student, context_frames
 from distill.precision import half_precision, weight_dtype
 
 __all__ = [
@@ -337,7 +335,7 @@ class Synthesizer:
                     w0 = max(0, f0 - history[k])
                     # an IAF layer keeps its past inputs, a MAF (feedback) layer its outputs
                     past = inputs[k] if inputs[k] is not None else u.new_zeros(batch, 0)
-                    ctx = _frames_of(context, w0 - m0, w1 - m0, hop)
+                    ctx = context_frames(context, w0 - m0, w1 - m0, hop)
                     lo, hi = (f0 - w0) * hop, (f1 - w0) * hop
                     if layer.mode == "maf":
                         x = _solve_in_blocks(layer, past, u, pad, ctx)
@@ -470,23 +468,11 @@ def _solve_in_blocks(layer, past: torch.Tensor, u: torch.Tensor, pad: torch.Tens
     """A block-sampled MAF layer (the long-term feedback) over one chunk: its outputs ``x``
     for the inputs ``u``, given its ``past`` outputs (at least its receptive field) and the
     context of the window ``[past, u, pad]``."""
-    cond = layer.conditioner
-    start, stop = past.shape[-1], past.shape[-1] + u.shape[-1]
     window = torch.cat([past, torch.zeros_like(u), pad.new_zeros(pad.shape)], dim=1)
-    c = cond.condition(ctx, window.shape[-1])
-    for t0 in range(start, stop, cond.delay):
-        t1 = min(stop, t0 + cond.delay)
-        shift, raw = cond.block(window, c, t0, t1)
-        a = bound_log_scale(raw, layer.log_scale_min)
-        window[:, t0:t1] = u[:, t0 - start : t1 - start] * torch.exp(a) + shift
-    return window[:, start:stop]
-
-
-def _frames_of(context, a: int, b: int, hop: int):
-    """Frames ``[a, b)`` of a layer context: the features, and the lags of their samples."""
-    if isinstance(context, AudioContext):
-        return AudioContext(context.features[:, :, a:b], context.lags[:, a * hop : b * hop])
-    return context[:, :, a:b]
+    c = layer.conditioner.condition(ctx, window.shape[-1])
+    start = past.shape[-1]
+    window, _ = layer.solve_blocks(window, u, c, start, lambda v, m, a: v * torch.exp(a) + m)
+    return window[:, start : start + u.shape[-1]]
 
 
 def _ndim(mel) -> int:

@@ -41,6 +41,7 @@ __all__ = [
     "segment_margin",
     "with_margin",
     "split_window",
+    "context_frames",
 ]
 
 
@@ -131,17 +132,22 @@ def split_window(mel) -> tuple[torch.Tensor, int]:
     return (mel.mel, mel.margin) if isinstance(mel, MelWindow) else (mel, 0)
 
 
+def context_frames(context, start: int, stop: int, hop: int):
+    """Frames ``[start, stop)`` of a layer context: the features' frames and, in an
+    :class:`~distill.flows.linear_prediction.AudioContext`, the lags of their samples."""
+    if isinstance(context, AudioContext):
+        lags = context.lags[:, start * hop : stop * hop]
+        return AudioContext(context.features[:, :, start:stop], lags)
+    return context[:, :, start:stop]
+
+
 def _crop(context, mean, margin: int, hop: int):
     """The centre of what :meth:`AudioFlow.conditioning` read from a :class:`MelWindow`."""
     if not margin:
         return context, mean
-    frames = slice(margin, _features(context).shape[-1] - margin)
-    samples = slice(margin * hop, -margin * hop)
-    if isinstance(context, AudioContext):
-        context = AudioContext(context.features[:, :, frames], context.lags[:, samples])
-    else:
-        context = context[:, :, frames]
-    return context, None if mean is None else mean[:, samples]
+    stop = _features(context).shape[-1] - margin
+    context = context_frames(context, margin, stop, hop)
+    return context, None if mean is None else mean[:, margin * hop : stop * hop]
 
 
 def _features(context) -> torch.Tensor:

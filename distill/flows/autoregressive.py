@@ -87,6 +87,27 @@ class AffineAutoregressive(nn.Module):
             )
         return z, -_sum_events(log_scale)
 
+    def solve_blocks(self, u, y, c, start: int, solve):
+        """Fill ``u[:, start : start + T]`` (``y`` is (B, T)) in blocks of the conditioner's
+        ``delay``: every term reads at least that many samples back, so a block is solved at
+        once from what precedes it in ``u`` (the past before ``start``, zeros from the block on).
+        ``c`` is ``conditioner.condition`` over all of ``u``. Returns ``u`` and the log-scales
+        used (B, T). Synthesis streams through it with a chunk's past outputs before ``start``.
+        """
+        cond, log_scales = self.conditioner, []
+        stop = start + y.shape[-1]
+        for t0 in range(start, stop, cond.delay):
+            t1 = min(stop, t0 + cond.delay)
+            shift, raw = cond.block(u, c, t0, t1)
+            a = bound_log_scale(raw, self.log_scale_min)
+            u_block = solve(y[:, t0 - start : t1 - start], shift, a)
+            if torch.is_grad_enabled():  # autograd (tests) must not see u change in place
+                u = torch.cat([u[:, :t0], u_block, u[:, t1:]], dim=-1)
+            else:
+                u[:, t0:t1] = u_block
+            log_scales.append(a)
+        return u, torch.cat(log_scales, dim=-1)
+
     def _sequential(self, y, context, solve, naive: bool):
         """Build ``u`` in order: ``u_i = solve(y_i, m_i, a_i)`` with ``(m, a) = NN(u_{<i})``.
 
@@ -99,20 +120,8 @@ class AffineAutoregressive(nn.Module):
         cond = self.conditioner
         outputs, log_scales = [], []
         if hasattr(cond, "block") and not naive:
-            # every term reads at least `delay` samples back: solve a block of them at once
             c = cond.condition(context, length)
-            u = y.new_zeros(y.shape)  # zero from the block being solved on
-            for t0 in range(0, length, cond.delay):
-                t1 = min(length, t0 + cond.delay)
-                shift, raw = cond.block(u, c, t0, t1)
-                a = bound_log_scale(raw, self.log_scale_min)
-                u_block = solve(y[:, t0:t1], shift, a)
-                if torch.is_grad_enabled():  # autograd (tests) must not see u change in place
-                    u = torch.cat([u[:, :t0], u_block, u[:, t1:]], dim=-1)
-                else:
-                    u[:, t0:t1] = u_block
-                log_scales.append(a)
-            return u, torch.cat(log_scales, dim=-1)
+            return self.solve_blocks(y.new_zeros(y.shape), y, c, 0, solve)
         if hasattr(cond, "start") and not naive:
             state = cond.start(context, length)
             for t in range(length):
