@@ -289,29 +289,63 @@ class TrainingConfig:
 
 @dataclass(frozen=True)
 class DistillLossConfig:
-    """Stage-two loss: ``sum(weights[k] * terms[k])``."""
+    """Stage-two loss: ``sum(weights()[k] * terms[k])``, and the discriminator that judges the
+    student when the adversarial terms are on (``adversarial_weight`` or
+    ``feature_matching_weight`` > 0, from update ``adversarial_start`` on)."""
 
     estimator: str = _choice("closed_form", ESTIMATORS)  # per-step Gaussian KL or Monte Carlo
     kl_weight: float = _number(1.0, min=0)
     log_sigma_reg: float = _number(4.0, min=0)  # ClariNet's lambda on (log sigma - log S)^2
     stft_weight: float = _number(1.0, min=0)
     power_weight: float = _number(0.0, min=0)
+    mel_weight: float = _number(0.0, min=0)  # L1 of log-mels (HiFi-GAN: 45)
+    adversarial_weight: float = _number(0.0, min=0)  # least-squares GAN (HiFi-GAN: 1)
+    feature_matching_weight: float = _number(0.0, min=0)  # L1 of D's features (HiFi-GAN: 2)
+    adversarial_start: int = _number(0, min=0)  # the update the GAN terms and D start at
     stft_resolutions: tuple[tuple[int, int, int], ...] = _number(
         ((512, 128, 512), (1024, 256, 1024), (2048, 512, 2048)), min=1
     )  # (n_fft, hop_length, win_length)
+    discriminator_resolutions: tuple[tuple[int, int, int], ...] = _number(
+        ((512, 50, 240), (1024, 120, 600), (2048, 240, 1200)), min=1
+    )  # UnivNet's multi-resolution spectrogram discriminator, one sub-discriminator each
+    discriminator_channels: int = _number(32, min=1)
+    discriminator_lr: float = _number(2e-4, above=0)  # Adam, betas (0.8, 0.99) as HiFi-GAN
     init_upsampler_from_teacher: bool = True
     temperature: float = _number(1.0, above=0)
 
     def __post_init__(self):
         _check_fields(self)
-        for n_fft, _, win_length in self.stft_resolutions:
-            if win_length > n_fft:
-                raise _Invalid(
-                    "DistillLossConfig",
-                    "stft_resolutions",
-                    f"need win_length <= n_fft in every (n_fft, hop_length, win_length), found "
-                    f"{(n_fft, _, win_length)}",
-                )
+        for key in ("stft_resolutions", "discriminator_resolutions"):
+            for n_fft, hop, win_length in getattr(self, key):
+                if win_length > n_fft:
+                    raise _Invalid(
+                        "DistillLossConfig",
+                        key,
+                        f"need win_length <= n_fft in every (n_fft, hop_length, win_length), "
+                        f"found {(n_fft, hop, win_length)}",
+                    )
+
+    def weights(self) -> dict[str, float]:
+        """The weight of every term of the objective by name: the one place they are set.
+
+        The config keeps them as flat ``<term>_weight`` keys (typed, range-checked, overridable
+        as ``distill.mel_weight=45``), and this is the dict descript-audio-codec keeps in its
+        config. ClariNet's regulariser is scaled with the KL it serves.
+        """
+        return {
+            "kl": self.kl_weight,
+            "log_sigma_reg": self.kl_weight * self.log_sigma_reg,
+            "stft": self.stft_weight,
+            "power": self.power_weight,
+            "mel": self.mel_weight,
+            "adversarial": self.adversarial_weight,
+            "feature_matching": self.feature_matching_weight,
+        }
+
+    @property
+    def adversarial(self) -> bool:
+        """Whether the student trains against a discriminator at all."""
+        return self.adversarial_weight > 0 or self.feature_matching_weight > 0
 
 
 @dataclass(frozen=True)

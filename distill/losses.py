@@ -19,6 +19,9 @@ Two estimators of ``KL(q_S || p_T) = E_{x ~ q_S}[log q_S(x) - log p_T(x)]``:
 Units: the ``kl`` term is in nats **per sample** (per dimension for vectors): the sum over
 time divided by ``T``, averaged over the batch, so loss weights do not depend on the segment
 length. KL and log-densities are always computed in float32 (or wider).
+
+The objective is one function, :func:`weighted_total`, over the terms by name with the weights
+of :meth:`distill.config.DistillLossConfig.weights`: training and validation both call it.
 """
 
 from __future__ import annotations
@@ -30,7 +33,9 @@ from typing import Protocol
 
 import torch
 
-from distill.config import DistillLossConfig
+from distill.adversarial import feature_matching_loss, generator_loss
+from distill.audio import log_mel
+from distill.config import AudioConfig, DistillLossConfig
 from distill.errors import ConfigError
 from distill.flows import AffineAutoregressive, gaussian_log_prob
 from distill.precision import at_least_float32
@@ -43,6 +48,8 @@ __all__ = [
     "monte_carlo_kl",
     "power_loss",
     "spectral_loss",
+    "mel_loss",
+    "weighted_total",
     "check_estimator",
     "DistillResult",
     "DistillationLoss",
@@ -157,6 +164,33 @@ def spectral_loss(
     return {"sc": d["sc"], "mag": d["mag"], "stft": d["sc"] + d["mag"]}
 
 
+def mel_loss(pred: torch.Tensor, target: torch.Tensor, cfg: AudioConfig) -> torch.Tensor:
+    """HiFi-GAN's mel loss: ``mean |log_mel(pred) - log_mel(target)|`` on the project's own
+    feature (:func:`distill.audio.log_mel`, natural log, floored at ``cfg.log_floor``).
+
+    The envelope term a linear-frequency STFT distance lacks: a mel band pools the bins between
+    harmonics, so the band's level is the envelope, and a log of it weighs a formant and the
+    valley beside it alike. pred, target: (B, T), cropped to whole hops -> scalar, float32.
+    """
+    n = pred.shape[-1] - pred.shape[-1] % cfg.hop_length
+    if n == 0:
+        raise ValueError(
+            f"the mel loss needs at least hop_length={cfg.hop_length} samples, "
+            f"found {pred.shape[-1]}"
+        )
+    return (log_mel(pred[..., :n], cfg) - log_mel(target[..., :n], cfg)).abs().mean()
+
+
+def weighted_total(terms: dict[str, torch.Tensor], weights: dict[str, float]) -> torch.Tensor:
+    """The objective: ``sum(weights[k] * terms[k])`` over the terms present with a nonzero
+    weight; a zero that still backpropagates when there is none. Training and validation both
+    call it, so the number that selects ``best.pt`` is the one the student minimises."""
+    present = [(terms[k], w) for k, w in weights.items() if w and k in terms]
+    if not present:
+        return next(iter(terms.values())) * 0.0
+    return sum(w * t for t, w in present)
+
+
 # --- which flows the closed form holds for --------------------------------------------------
 
 
@@ -194,10 +228,10 @@ def check_estimator(student, teacher, estimator: str) -> None:
 class DistillResult:
     """What one distillation pass returns.
 
-    ``total`` (scalar, differentiable) = ``sum(weights[k] * terms[k])``. ``terms`` are the
-    differentiable loss terms (scalars, averaged over the batch); ``metrics`` are detached
-    diagnostics (scalars, nats per sample/dimension); ``kl_per_row`` (B,) the per-row KL per
-    sample, detached.
+    ``total`` (scalar, differentiable) = :func:`weighted_total` of ``terms`` and ``weights``.
+    ``terms`` are the differentiable loss terms (scalars, averaged over the batch); ``metrics``
+    are detached diagnostics (scalars, nats per sample/dimension); ``kl_per_row`` (B,) the
+    per-row KL per sample, detached; ``sample`` the student's sample (B, D), differentiable.
     """
 
     total: torch.Tensor
@@ -205,6 +239,7 @@ class DistillResult:
     weights: dict[str, float]
     metrics: dict[str, torch.Tensor] = field(default_factory=dict)
     kl_per_row: torch.Tensor | None = None
+    sample: torch.Tensor | None = None
 
     def scalars(self, prefix: str = "") -> dict[str, torch.Tensor]:
         """Flat, detached ``{name: scalar}`` for logging: ``loss``, ``loss/<term>``, metrics."""
@@ -215,36 +250,46 @@ class DistillResult:
 
 
 class DistillationLoss:
-    """KL(student || teacher) by the configured estimator, plus spectral terms against ``real``.
+    """KL(student || teacher) by the configured estimator, plus spectral terms against ``real``
+    and, given a discriminator, the adversarial ones.
 
-    ``loss(student, teacher, context, real=None, noise=None) -> DistillResult``, for any
-    student and teacher of the :class:`ConditionalFlow` protocol.
+    ``loss(student, teacher, context, real=None, noise=None, discriminator=None)
+    -> DistillResult``, for any student and teacher of the :class:`ConditionalFlow` protocol.
 
     * ``real``: the real audio (B, T) for the same mel, for the spectral terms (audio only;
-      without it, e.g. for vectors, there are none).
+      without it, e.g. for vectors, there are none); the mel term needs ``audio``, the feature
+      config.
     * ``noise`` (standard normal, the student's :meth:`~ConditionalFlow.noise_shape`) makes the
       pass deterministic.
+    * ``discriminator`` (:class:`distill.adversarial.SpectrogramDiscriminator`): adds the
+      least-squares ``adversarial`` and the ``feature_matching`` terms (training only: they are
+      judged by a discriminator that moves, so they are not comparable from step to step).
 
     The teacher should be frozen (eval mode, ``requires_grad_(False)``); gradients still flow
-    through it into the student's sample. Spectral terms whose weight is 0 are computed without
-    gradient, for logging only. ``config.temperature`` scales the student's noise; the KL is then
-    that of the tempered student.
+    through it into the student's sample (not when ``kl_weight`` is 0: the KL is then logged
+    only). Spectral terms whose weight is 0 are computed without gradient, for logging only.
+    ``config.temperature`` scales the student's noise; the KL is then that of the tempered
+    student.
     """
 
-    def __init__(self, config: DistillLossConfig):
+    def __init__(self, config: DistillLossConfig, audio: AudioConfig | None = None):
+        if config.mel_weight > 0 and audio is None:
+            raise ConfigError(
+                "distill.mel_weight > 0 needs the feature config: build the loss with "
+                "DistillationLoss(config.distill, config.audio)"
+            )
         self.config = config
+        self.audio = audio
 
     @property
     def weights(self) -> dict[str, float]:
-        c = self.config
-        w = {"kl": c.kl_weight}
-        if c.estimator == "closed_form":
-            w["log_sigma_reg"] = c.kl_weight * c.log_sigma_reg
-        w.update({"stft": c.stft_weight, "power": c.power_weight})
-        return w
+        return self.config.weights()
 
-    def __call__(self, student, teacher, context, real=None, noise=None) -> DistillResult:
+    def __call__(
+        self, student, teacher, context, real=None, noise=None, discriminator=None
+    ) -> DistillResult:
         c = self.config
+        teacher_grad = torch.is_grad_enabled() and c.kl_weight > 0
         if noise is None:
             shape = student.noise_shape(context)
             noise = torch.randn(shape, dtype=context.dtype, device=context.device)
@@ -257,7 +302,8 @@ class DistillationLoss:
         if c.estimator == "closed_form":
             try:
                 x, log_q, mean_q, log_scale_q = student.sample_with_conditionals(context, z)
-                mu, log_sigma = teacher.gaussian_conditionals(x, context)
+                with torch.set_grad_enabled(teacher_grad):
+                    mu, log_sigma = teacher.gaussian_conditionals(x, context)
             except ConfigError as err:
                 raise ConfigError(f"distill.estimator=closed_form does not apply: {err}") from err
             log_q = self._temper(log_q, z, eps)
@@ -276,30 +322,32 @@ class DistillationLoss:
         else:
             x, log_q = student.sample_with_log_prob(context, z)
             log_q = self._temper(log_q, z, eps)
-            log_p = teacher.log_prob(x, context)
+            with torch.set_grad_enabled(teacher_grad):
+                log_p = teacher.log_prob(x, context)
             kl = monte_carlo_kl(log_q, log_p)
             terms["kl"] = (kl / dims).mean()
             log_p = log_p.detach()
 
         if real is not None:
-            for name, weight, fn in (
-                ("stft", c.stft_weight, self._stft_terms),
-                ("power", c.power_weight, self._power_term),
-            ):
+            spectral = [("stft", c.stft_weight, self._stft_terms)]
+            spectral.append(("power", c.power_weight, self._power_term))
+            if self.audio is not None:
+                spectral.append(("mel", c.mel_weight, self._mel_term))
+            for name, weight, fn in spectral:
                 with torch.set_grad_enabled(torch.is_grad_enabled() and weight > 0):
                     out = fn(x, real)
                 terms[name] = out.pop(name)
                 metrics.update({f"{name}/{k}": v.detach() for k, v in out.items()})
+            if discriminator is not None:
+                terms.update(self._adversarial_terms(discriminator, x, real))
 
         weights = {k: w for k, w in self.weights.items() if k in terms}
-        total = sum(w * terms[k] for k, w in weights.items() if w)
-        if not torch.is_tensor(total):  # every weight 0: a zero that still backpropagates
-            total = terms["kl"] * 0.0
+        total = weighted_total(terms, weights)
         kl_per_row = (kl / dims).detach()
         metrics["kl/per_sample"] = kl_per_row.mean()
         metrics["student/entropy_per_sample"] = (-at_least_float32(log_q).detach() / dims).mean()
         metrics["teacher/nll_per_sample"] = (-log_p / dims).mean()
-        return DistillResult(total, terms, weights, metrics, kl_per_row)
+        return DistillResult(total, terms, weights, metrics, kl_per_row, x)
 
     def _temper(self, log_q: torch.Tensor, z: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
         """The models return ``log N(z; 0, I) - log|det|``; the tempered student, whose noise is
@@ -315,3 +363,18 @@ class DistillationLoss:
 
     def _power_term(self, x, real):
         return {"power": power_loss(x, real.to(x.dtype), self.config.stft_resolutions)}
+
+    def _mel_term(self, x, real):
+        return {"mel": mel_loss(x, real.to(x.dtype), self.audio)}
+
+    @staticmethod
+    def _adversarial_terms(discriminator, x, real) -> dict[str, torch.Tensor]:
+        """LSGAN's generator loss and feature matching; the real audio's judgement is a
+        constant here (no gradient into the discriminator from it)."""
+        with torch.no_grad():
+            _, real_features = discriminator(real.to(x.dtype))
+        fake_scores, fake_features = discriminator(x)
+        return {
+            "adversarial": generator_loss(fake_scores),
+            "feature_matching": feature_matching_loss(real_features, fake_features),
+        }

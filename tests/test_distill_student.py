@@ -213,7 +213,7 @@ def test_command_writes_resumable_self_describing_checkpoints(setup, tmp_path, c
     assert (out / "best.pt").is_file()
     best = load_checkpoint(out / "best.pt", "student")
     assert best["best"]["metric"] == "val/objective"
-    for key in ("val/kl_per_sample", "val/teacher_bits_per_sample_student", "val/stft"):
+    for key in ("val/kl_per_sample", "val/teacher_bits_per_sample_student", "val/loss/stft"):
         assert key in best["val"]
     student = Student.from_checkpoint(out / "best.pt")  # alone enough to synthesise
     mel = torch.randn(1, config.audio.n_mels, 4) - 5

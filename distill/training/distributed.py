@@ -106,6 +106,17 @@ def wrap_ddp(module: nn.Module, ctx: DistContext) -> nn.Module:
     return DistributedDataParallel(module, device_ids=ids)
 
 
+def average_gradients(module: nn.Module) -> None:
+    """Average the gradients of a module DDP does not wrap (the discriminator of stage two)
+    over the ranks of the process group, when there is one."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return
+    grads = [p.grad for p in module.parameters() if p.grad is not None]
+    for g in grads:
+        dist.all_reduce(g)
+        g.div_(dist.get_world_size())
+
+
 def barrier(ctx: DistContext) -> None:
     if ctx.distributed:
         dist.barrier()

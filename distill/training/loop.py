@@ -6,7 +6,8 @@ loop says *how*. :func:`train` reads top to bottom, as nanoGPT's loop does::
     checkpoints = Checkpointer(out, stage, ctx)    # latest.pt / best.pt; every rank calls save
     log = StepLogger(stage, out, ctx, state, ...)  # meter, TensorBoard, progress
     while state.step < end:
-        forward, backward, clip, step (a non-finite step is skipped), EMA
+        forward, backward, clip, step (a non-finite step is skipped), EMA, the stage's
+        after_step (e.g. its discriminator's update)
         log.step(...)
         validate (rank 0) -> save best.pt if it improved; save latest.pt
         past max_minutes: validate, save, stop
@@ -139,6 +140,7 @@ def train(
             for group in state.optimizer.param_groups:
                 group["lr"] = lr
             state.optimizer.zero_grad(set_to_none=True)
+            stage.step = state.step
             with torch.autocast(ctx.device.type, dtype=torch.bfloat16, enabled=use_amp):
                 terms = stage.train_step(module, batch)
             loss = terms["loss"]
@@ -157,6 +159,7 @@ def train(
                 state.bad_steps += 1
                 if bad_in_row >= tc.max_bad_steps:
                     raise _diverged(out, state.step, bad_in_row, loss, grad_norm, section)
+            terms.update(stage.after_step(state.step - 1, ok))
             log.step(state, terms, loss, grad_norm if ok else None, lr, stage.batch_samples(batch))
             time_up = deadline is not None and distributed.from_main(
                 time.monotonic() >= deadline, ctx
@@ -286,6 +289,7 @@ def restore(stage: Stage, out: Path, ctx: DistContext) -> RunState:
         model.load_state_dict(resume["model"])
         ema.load_state_dict(resume["ema"])
         optimizer.load_state_dict(resume["optimizer"])
+        stage.restore_extra(resume)
     except (RuntimeError, ValueError, KeyError) as err:
         raise CheckpointError(
             f"{out / 'latest.pt'} cannot be resumed ({err}); choose another --out folder"

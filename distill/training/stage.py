@@ -25,7 +25,9 @@ Optional hooks: ``setup(device)`` (move frozen extras such as the teacher of sta
 initialisation), ``train_module()`` (the ``nn.Module`` whose ``forward`` train_step calls; DDP
 needs a forward; default ``self.model``), ``batch_samples(batch)`` (audio samples, for
 throughput), ``log_media(writer, ema_model, step)`` (audio, images; rank 0, after each
-validation), ``checkpoint_extra()`` (more plain-typed fields for the checkpoint),
+validation), ``checkpoint_extra()`` / ``restore_extra(checkpoint)`` (more plain-typed fields for the
+checkpoint, and their loading on resume), ``after_step(step, updated)`` (a second optimiser's
+update, e.g. a discriminator's, after the model's),
 ``summary_lines(result)`` (the stage's lines of the summary printed at the end).
 """
 
@@ -76,6 +78,7 @@ class Stage:
         self.training = training
         self.device = torch.device("cpu")
         self.model: nn.Module
+        self.step = 0  # the update train_step is taking (0-based), set by the loop
 
     def setup(self, device: torch.device) -> None:
         """Called once before training with the device; ``self.model`` is moved by the loop."""
@@ -107,7 +110,17 @@ class Stage:
         """Audio samples and images for TensorBoard after each validation (rank 0)."""
 
     def checkpoint_extra(self) -> dict[str, Any]:
-        """More plain-typed entries for the checkpoint (e.g. the teacher a student came from)."""
+        """More plain-typed entries for the checkpoint (e.g. the teacher a student came from,
+        the discriminator's state)."""
+        return {}
+
+    def restore_extra(self, checkpoint: dict[str, Any]) -> None:
+        """Load what :meth:`checkpoint_extra` saved, from the checkpoint a run resumes."""
+
+    def after_step(self, step: int, updated: bool) -> dict[str, torch.Tensor]:
+        """Work after update ``step`` (0-based, the one train_step just took; ``updated`` False
+        when it was skipped as non-finite), e.g. a discriminator's own update; -> more scalars
+        to log."""
         return {}
 
     def summary(self, result: TrainResult) -> str:

@@ -18,11 +18,11 @@ to its first ``val_max_seconds``, from fixed noise, and reports (all weighted by
 - ``val/teacher_bits_per_sample_student`` vs ``val/teacher_bits_per_sample_real``: the teacher's
   bits/sample at 16 bit (``-log2 p(x)/T + 15``) of the student's samples and of the real
   (dequantised) clips;
-- ``val/stft``, ``val/stft_sc``, ``val/stft_mag``: multi-resolution STFT distance of the
-  student's audio to the real audio for the same mel; ``val/power``: the power loss;
-- ``val/objective`` = ``kl_weight * kl + stft_weight * stft + power_weight * power``: the
-  training objective without the regulariser (a training aid, not a goal). ``best.pt`` keeps
-  the lowest; with ``stft_weight = power_weight = 0`` it is the validation KL.
+- ``val/loss/<term>``: every term of the loss (kl, log_sigma_reg, stft, power, mel), and
+  ``val/stft_sc``, ``val/stft_mag``: the two halves of the multi-resolution STFT distance;
+- ``val/objective``: :func:`distill.losses.weighted_total` of those terms with the training
+  weights, the very function training minimises, without the adversarial terms (judged by a
+  discriminator that moves, they do not compare across steps). ``best.pt`` keeps the lowest.
 
 Media after each validation: a student sample next to the real clip, and their mel images.
 """
@@ -36,15 +36,17 @@ from typing import Any
 import torch
 from torch import nn
 
+from distill.adversarial import SpectrogramDiscriminator, discriminator_loss
 from distill.audio import QUANT_STEP
 from distill.checkpoint import load_checkpoint
 from distill.config import AudioConfig, Config, check_same_features
 from distill.data import PreparedCorpus, SegmentDataset
 from distill.errors import CheckpointError, ConfigError
-from distill.losses import DistillationLoss, check_estimator
+from distill.losses import DistillationLoss, check_estimator, weighted_total
 from distill.metrics import nll_bits_per_sample
 from distill.models import Student, Teacher, split_window
 from distill.pitch import fit_predictor
+from distill.training.distributed import average_gradients
 from distill.training.media import log_generated_vs_real, media_excerpt
 from distill.training.stage import (
     Stage,
@@ -133,16 +135,27 @@ class DistillObjective(nn.Module):
         self.teacher.eval()
         return self
 
-    def forward(self, audio: torch.Tensor, mel: torch.Tensor) -> dict[str, torch.Tensor]:
-        """audio (B, T) real segments, mel (B, n_mels, F) -> ``{"loss": total, name: scalar}``.
+    def forward(
+        self,
+        audio: torch.Tensor,
+        mel: torch.Tensor,
+        noise: torch.Tensor | None = None,
+        discriminator: nn.Module | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """audio (B, T) real segments, mel (B, n_mels, F) -> ``{"loss": total, name: scalar}``
+        and ``"sample"``, the student's audio (B, T), detached (for the discriminator's step).
 
-        Named terms: ``loss/<term>`` (kl, log_sigma_reg, stft, power, pitch), ``kl/per_sample``,
-        ``stft/sc``, ``stft/mag``, ``student/entropy_per_sample``,
-        ``teacher/bits_per_sample_student`` and, closed form, the mean log-scales of both.
+        Named terms: ``loss/<term>`` (kl, log_sigma_reg, stft, power, mel, adversarial,
+        feature_matching, pitch), ``kl/per_sample``, ``stft/sc``, ``stft/mag``,
+        ``student/entropy_per_sample``, ``teacher/bits_per_sample_student`` and, closed form,
+        the mean log-scales of both. ``discriminator``: the adversarial terms are on.
         """
-        result = self.loss(self.student, self.teacher, mel, real=audio)
+        result = self.loss(
+            self.student, self.teacher, mel, real=audio, noise=noise, discriminator=discriminator
+        )
         out = result.scalars()
         out["loss"] = result.total  # scalars() detaches; the loop backpropagates this one
+        out["sample"] = result.sample.detach()
         if _trains_pitch(self.student):  # its F0 predictor learns from YIN on the real clip
             window, margin = split_window(mel)
             pitch, metrics = self.student.pitch.loss(window, audio, margin)
@@ -177,10 +190,12 @@ class StudentStage(Stage):
         self.teacher_step = int(tdata.get("step", -1))
         self.model = init_student(config, frozen)
         check_estimator(self.model, frozen, config.distill.estimator)
-        self.loss = DistillationLoss(config.distill)
+        self.loss = DistillationLoss(config.distill, config.audio)
         self.objective = DistillObjective(
             self.model, frozen, self.loss, config.student_training.pitch_weight
         )
+        self.adversary = Adversary(config.distill) if config.distill.adversarial else None
+        self._pending: tuple[torch.Tensor, torch.Tensor] | None = None
         self._val_clips: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] | None = None
         self._real_bits: float | None = None
 
@@ -189,6 +204,8 @@ class StudentStage(Stage):
     def setup(self, device: torch.device) -> None:
         super().setup(device)
         self.teacher.to(device)
+        if self.adversary is not None:
+            self.adversary.to(device)
 
     def fresh_start(self) -> None:
         """A pitch predictor the student trains itself (its teacher had none) starts fitted on
@@ -205,12 +222,36 @@ class StudentStage(Stage):
     def train_dataset(self) -> SegmentDataset:
         return segment_dataset(self, dequantize=False)
 
+    def adversarial_on(self, step: int) -> bool:
+        """Whether update ``step`` (0-based) trains against the discriminator."""
+        return self.adversary is not None and step >= self.config.distill.adversarial_start
+
     def train_step(self, module: nn.Module, batch) -> dict[str, torch.Tensor]:
         audio, mel = segment_batch(self, batch)
-        return module(audio, mel)
+        d = self.adversary.discriminator if self.adversarial_on(self.step) else None
+        out = module(audio, mel, discriminator=d)
+        self._pending = (out.pop("sample"), audio)
+        return out
+
+    def after_step(self, step: int, updated: bool) -> dict[str, torch.Tensor]:
+        """The discriminator's update, on the sample the student's update was judged on."""
+        fake, real = self._pending
+        self._pending = None
+        if not updated or not self.adversarial_on(step):
+            return {}
+        return self.adversary.update(fake, real)
 
     def checkpoint_extra(self) -> dict[str, Any]:
-        return {"teacher": {"path": str(self.teacher_path), "step": self.teacher_step}}
+        extra: dict[str, Any] = {
+            "teacher": {"path": str(self.teacher_path), "step": self.teacher_step}
+        }
+        if self.adversary is not None:
+            extra["discriminator"] = self.adversary.state_dict()
+        return extra
+
+    def restore_extra(self, checkpoint: dict[str, Any]) -> None:
+        if self.adversary is not None:  # same distill section: the checkpoint has one
+            self.adversary.load_state_dict(checkpoint["discriminator"])
 
     # --- validation ---------------------------------------------------------------------------
 
@@ -239,6 +280,10 @@ class StudentStage(Stage):
         return self._real_bits
 
     def validate(self, ema_model: nn.Module) -> dict[str, float]:
+        """The loss's terms and metrics on each validation clip, averaged weighted by length,
+        and ``val/objective``: :func:`~distill.losses.weighted_total` of the averaged terms,
+        the training objective without its adversarial terms (judged by a discriminator that
+        moves, they would not compare across steps)."""
         sums: dict[str, float] = {}
         total_t = 0
         for audio, noise, mel in self.validation_clips():
@@ -251,27 +296,23 @@ class StudentStage(Stage):
             )
             t = audio.numel()
             m = res.metrics
-            for key, value in (
-                ("kl_per_sample", m["kl/per_sample"]),
-                ("student_entropy_per_sample", m["student/entropy_per_sample"]),
-                ("teacher_nll", m["teacher/nll_per_sample"]),
-                ("stft", res.terms["stft"]),
-                ("stft_sc", m["stft/sc"]),
-                ("stft_mag", m["stft/mag"]),
-                ("power", res.terms["power"]),
-            ):
+            named = {f"loss/{k}": v for k, v in res.terms.items()}
+            named.update(
+                kl_per_sample=m["kl/per_sample"],
+                student_entropy_per_sample=m["student/entropy_per_sample"],
+                teacher_nll=m["teacher/nll_per_sample"],
+                stft_sc=m["stft/sc"],
+                stft_mag=m["stft/mag"],
+            )
+            for key, value in named.items():
                 sums[key] = sums.get(key, 0.0) + float(value) * t
             total_t += t
         val = {f"val/{k}": v / total_t for k, v in sums.items()}
         nll = val.pop("val/teacher_nll")
         val["val/teacher_bits_per_sample_student"] = nll_bits_per_sample(-nll, 1)
         val["val/teacher_bits_per_sample_real"] = self.real_bits()
-        c = self.config.distill
-        val["val/objective"] = (
-            c.kl_weight * val["val/kl_per_sample"]
-            + c.stft_weight * val["val/stft"]
-            + c.power_weight * val["val/power"]
-        )
+        terms = {k[len("val/loss/") :]: torch.tensor(v) for k, v in val.items() if "/loss/" in k}
+        val["val/objective"] = float(weighted_total(terms, self.loss.weights))
         return val
 
     def log_media(self, writer, ema_model: nn.Module, step: int) -> None:
@@ -294,7 +335,48 @@ class StudentStage(Stage):
                 f"{v['val/student_entropy_per_sample']:.3f} nats/sample; teacher bits/sample of "
                 f"student samples {v['val/teacher_bits_per_sample_student']:.3f} vs real audio "
                 f"{v['val/teacher_bits_per_sample_real']:.3f}; MR-STFT distance to the real "
-                f"audio {v['val/stft']:.3f} (sc {v['val/stft_sc']:.3f} + log-mag "
-                f"{v['val/stft_mag']:.3f})"
+                f"audio {v['val/loss/stft']:.3f} (sc {v['val/stft_sc']:.3f} + log-mag "
+                f"{v['val/stft_mag']:.3f}), log-mel L1 {v.get('val/loss/mel', float('nan')):.3f}"
             )
         return lines + super().summary_lines(result)
+
+
+class Adversary:
+    """The discriminator of stage two with its own Adam (HiFi-GAN's betas 0.8, 0.99): trained
+    after each student update on that update's sample, saved in the student's *training*
+    checkpoint (so a resumed run is exact) and never in the deployed model."""
+
+    def __init__(self, config):
+        self.discriminator = SpectrogramDiscriminator(
+            config.discriminator_resolutions, config.discriminator_channels
+        )
+        self.optimizer = torch.optim.Adam(
+            self.discriminator.parameters(), lr=config.discriminator_lr, betas=(0.8, 0.99)
+        )
+
+    def to(self, device: torch.device) -> Adversary:
+        self.discriminator.to(device)
+        return self
+
+    def update(self, fake: torch.Tensor, real: torch.Tensor) -> dict[str, torch.Tensor]:
+        """One LSGAN step of the discriminator, real against the (detached) student sample;
+        gradients averaged over ranks under torchrun. -> scalars to log."""
+        self.optimizer.zero_grad(set_to_none=True)  # also what the student's backward left
+        real_scores, _ = self.discriminator(real)
+        fake_scores, _ = self.discriminator(fake)
+        loss = discriminator_loss(real_scores, fake_scores)
+        loss.backward()
+        average_gradients(self.discriminator)
+        self.optimizer.step()
+        return {
+            "loss/discriminator": loss.detach(),
+            "discriminator/real_score": torch.stack([s.mean() for s in real_scores]).mean(),
+            "discriminator/fake_score": torch.stack([s.mean() for s in fake_scores]).mean(),
+        }
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"model": self.discriminator.state_dict(), "optimizer": self.optimizer.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.discriminator.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
