@@ -17,9 +17,13 @@ from distill.adversarial import (
 )
 from distill.errors import ConfigError
 from distill.losses import DistillationLoss, mel_loss, weighted_total
-from distill.training.loop import train
+from distill.checkpoint import load_checkpoint, save_checkpoint
+from distill.inference import Synthesizer
+from distill.models import Student
+from distill.training.loop import seed_everything, train
 from distill.training.student import StudentStage
 from tests.test_distill_student import _digest, make_config, write_teacher
+from tests.test_train_teacher import states_equal
 
 D_RES = ((128, 32, 128), (256, 64, 128))
 
@@ -173,3 +177,46 @@ def test_adversarial_terms_start_at_their_step_and_the_discriminator_learns(gan_
     assert seen[0] == (0, [])  # no discriminator update before adversarial_start
     assert "loss/discriminator" in seen[1][1]
     assert _digest(stage.adversary.discriminator) != before
+
+
+# --- the discriminator in the checkpoint; the deployed student without it ---------------------
+
+
+def run_student(config, teacher_path, data, out, stop_at=None):
+    """What `distill distill-student` does, in process."""
+    seed_everything(config.student_training.seed)
+    stage = StudentStage(config, teacher_path, data)
+    return stage, train(stage, out, progress=False, stop_at=stop_at)
+
+
+def test_resume_with_the_discriminator_equals_the_uninterrupted_run(gan_setup, tmp_path):
+    config, teacher_path, data = gan_setup
+    whole, _ = run_student(config, teacher_path, data, tmp_path / "whole")
+    run_student(config, teacher_path, data, tmp_path / "parts", stop_at=2)
+    saved = load_checkpoint(tmp_path / "parts" / "latest.pt")
+    assert saved["step"] == 2 and "discriminator" in saved
+    resumed, result = run_student(config, teacher_path, data, tmp_path / "parts")
+    assert (result.start_step, result.step) == (2, 4)
+    assert _digest(resumed.model) == _digest(whole.model)
+    assert _digest(resumed.adversary.discriminator) == _digest(whole.adversary.discriminator)
+    a = load_checkpoint(tmp_path / "whole" / "latest.pt")["discriminator"]
+    b = load_checkpoint(tmp_path / "parts" / "latest.pt")["discriminator"]
+    assert states_equal(a["optimizer"]["state"][0], b["optimizer"]["state"][0])
+
+
+def test_the_trained_student_loads_and_synthesises_without_the_discriminator(gan_setup, tmp_path):
+    """The discriminator rides in the training checkpoints only; the student is the same
+    model, giving the same audio, when its checkpoint has no discriminator at all."""
+    config, teacher_path, data = gan_setup
+    run_student(config, teacher_path, data, tmp_path / "run")
+    best = load_checkpoint(tmp_path / "run" / "best.pt")
+    assert "discriminator" in best
+    assert not any("discriminator" in k for k in best["model"])
+    bare = tmp_path / "bare.pt"
+    save_checkpoint(bare, {k: v for k, v in best.items() if k != "discriminator"})
+    mel = torch.zeros(config.audio.n_mels, 6)
+    with_d = Synthesizer(Student.from_checkpoint(tmp_path / "run" / "best.pt"))
+    without_d = Synthesizer(Student.from_checkpoint(bare))
+    audio = without_d.synthesize(mel, seed=0)
+    assert audio.shape == (6 * config.audio.hop_length,) and torch.isfinite(audio).all()
+    assert torch.equal(audio, with_d.synthesize(mel, seed=0))

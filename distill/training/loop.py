@@ -322,12 +322,15 @@ def batch_stream(stage: Stage, start_step: int, ctx: DistContext) -> Iterator:
     order = ShardedBatches(dataset, tc.batch_size, ctx, tc.seed, start=start_step)
 
     def batches():
-        for _, epoch in order.epochs():
+        for number, epoch in order.epochs():
+            # the loader's own generator: creating its iterator draws a seed, and from the
+            # global RNG that draw would land mid-epoch on resume and shift every later step
             loader = DataLoader(
                 dataset,
                 batch_sampler=epoch,
                 num_workers=tc.num_workers,
                 pin_memory=ctx.device.type == "cuda",
+                generator=torch.Generator().manual_seed(tc.seed + 1000 * ctx.rank + number),
             )
             for batch in loader:
                 yield _to_device(batch, ctx.device)
