@@ -3,7 +3,7 @@
 Why espeak-ng: the demo and the tests need real speech-like audio (voiced harmonics, formants,
 fricatives, silences) without downloading anything, and Debian ships espeak-ng. Variety comes
 from several English voices and variants, pitches and speeds, over the project's own sentence
-list (``data/sentences.txt``).
+list (``distill/resources/sentences.txt``, package data: it ships in the wheel).
 
 Layout of ``out_dir`` (LJSpeech-like, so ``distill prepare --ljspeech`` reads it too)::
 
@@ -26,6 +26,7 @@ import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from importlib.resources import files
 from pathlib import Path
 
 import soundfile as sf
@@ -71,7 +72,8 @@ SPEED_RANGE = (140, 190)  # espeak-ng -s: words per minute, default 175
 DEFAULT_NUM_UTTERANCES = 360
 """About 19 minutes of audio (~3.2 s per utterance): enough that a short demo does not overfit."""
 
-DEFAULT_SENTENCES = Path(__file__).resolve().parent.parent / "data" / "sentences.txt"
+DEFAULT_SENTENCES = files("distill") / "resources" / "sentences.txt"
+"""The built-in sentence list, read through importlib.resources so an installed wheel finds it."""
 
 _INSTALL_HINT = "install it with: apt-get install -y espeak-ng"
 
@@ -211,9 +213,9 @@ def make_espeak_corpus(
 ) -> CorpusSummary:
     """Generate (or top up) the espeak-ng corpus in ``out_dir``; see the module docstring.
 
-    ``sentences``: a list of strings, a path to a sentence file, or None for the project's
-    ``data/sentences.txt``. ``workers`` espeak-ng processes run at once (default: CPU count, at
-    most 8). Stale entries from a previous larger run are removed with their wavs.
+    ``sentences``: a list of strings, a path to a sentence file, or None for the built-in
+    list (:data:`DEFAULT_SENTENCES`). ``workers`` espeak-ng processes run at once (default: CPU
+    count, at most 8). Stale entries from a previous larger run are removed with their wavs.
     """
     start = time.perf_counter()
     exe = find_espeak()

@@ -19,7 +19,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--seed", type=int, default=0, help="plan seed (default: %(default)s)")
     parser.add_argument(
-        "--sentences", default=None, help="sentence file, one a line (default: data/sentences.txt)"
+        "--sentences",
+        default=None,
+        help="sentence file, one a line (default: the built-in list in distill/resources)",
     )
     parser.add_argument(
         "--workers", type=int, default=None, help="parallel espeak-ng processes (default: CPUs)"
