@@ -297,14 +297,11 @@ class Synthesizer:
         """Yield audio chunks of ``chunk_frames * hop`` samples (the last may be shorter).
 
         mel: (n_mels, F) -> chunks (n,); (B, n_mels, F) -> chunks (B, n). Concatenated, the
-        chunks equal :meth:`synthesize` with the same seed. A student with a harmonic source is
-        refused: its pulse train's phase runs over the whole clip.
+        chunks equal :meth:`synthesize` with the same seed. A student with a harmonic source
+        has its base mean (the pulse train, whose phase runs over the whole clip) computed
+        once from the whole mel, before the first chunk: that one (B, F * hop) tensor is the
+        memory that does not stay bounded.
         """
-        if self.student.source is not None:
-            raise ConfigError(
-                "stream does not support a student with student.harmonic_source yet (the pulse "
-                "train's phase would have to be carried across chunks); use synthesize"
-            )
         if chunk_frames < 1:
             raise InputError(f"chunk_frames must be >= 1, found {chunk_frames}")
         unbatched = _ndim(mel) == 2
@@ -321,6 +318,10 @@ class Synthesizer:
         history = [math.ceil(layer.conditioner.receptive_field / hop) + 1 for layer in layers]
         inputs: list[torch.Tensor | None] = [None] * len(layers)  # past inputs of each flow
         noise = _NoiseStream(seed, batch, self.device)
+        base_mean = None
+        if student.source is not None:
+            with torch.inference_mode(), half_precision(self.device, self.dtype):
+                base_mean = student.conditioning(mel)[1].to(self._weights)
         for f0 in range(0, total, chunk_frames):
             f1 = min(total, f0 + chunk_frames)
             w1 = min(total, f1 + 1)  # one frame of look-ahead for the interpolation
@@ -330,6 +331,8 @@ class Synthesizer:
                 # what the layers read for frames [c0, w1), from the mel with its reach
                 context, _ = student.conditioning(mel[:, :, m0:m1])
                 u = noise.take(f0 * hop, f1 * hop).to(self._weights) * temperature
+                if base_mean is not None:  # the excitation is not tempered, as in synthesize
+                    u = u + base_mean[:, f0 * hop : f1 * hop]
                 pad = u.new_zeros(batch, (w1 - f1) * hop)
                 for k, layer in enumerate(layers):
                     w0 = max(0, f0 - history[k])
