@@ -15,10 +15,10 @@ from distill.adversarial import (
     feature_matching_loss,
     generator_loss,
 )
-from distill.errors import ConfigError
-from distill.losses import DistillationLoss, mel_loss, weighted_total
 from distill.checkpoint import load_checkpoint, save_checkpoint
+from distill.errors import ConfigError
 from distill.inference import Synthesizer
+from distill.losses import DistillationLoss, mel_loss, weighted_total
 from distill.models import Student
 from distill.training.loop import seed_everything, train
 from distill.training.student import StudentStage
