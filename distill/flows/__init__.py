@@ -1,4 +1,5 @@
-"""Density math, independent of audio: MADE, causal WaveNet, affine AR layers, stacks."""
+"""Density math, independent of audio: MADE, causal WaveNet, affine AR layers, coupling
+layers (NICE, RealNVP, Glow), stacks."""
 
 from distill.flows.autoregressive import (
     LOG_SCALE_KNEE,
@@ -6,12 +7,21 @@ from distill.flows.autoregressive import (
     AffineAutoregressive,
     bound_log_scale,
 )
+from distill.flows.coupling import (
+    NICE,
+    ActNorm,
+    AffineCoupling,
+    Glow,
+    InvertibleLinear,
+    RealNVP,
+)
 from distill.flows.made import MADE
 from distill.flows.stacks import (
     IAF,
     MAF,
     FlowStack,
     Reverse,
+    VectorFlow,
     gaussian_log_prob,
     standard_normal_log_prob,
 )
@@ -28,6 +38,13 @@ __all__ = [
     "Reverse",
     "MAF",
     "IAF",
+    "VectorFlow",
+    "AffineCoupling",
+    "ActNorm",
+    "InvertibleLinear",
+    "NICE",
+    "RealNVP",
+    "Glow",
     "standard_normal_log_prob",
     "gaussian_log_prob",
 ]

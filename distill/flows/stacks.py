@@ -26,6 +26,7 @@ from distill.precision import at_least_float32
 __all__ = [
     "Reverse",
     "FlowStack",
+    "VectorFlow",
     "MAF",
     "IAF",
     "standard_normal_log_prob",
@@ -101,10 +102,12 @@ class FlowStack(nn.Module):
     # --- per-step Gaussian conditionals (same-order stacks only) -------------------------------
 
     def _affine_layers(self) -> list[AffineAutoregressive]:
-        if not all(isinstance(layer, AffineAutoregressive) for layer in self.layers):
+        others = {type(x).__name__ for x in self.layers if not isinstance(x, AffineAutoregressive)}
+        if others:
             raise ConfigError(
                 "per-step Gaussian conditionals need every layer autoregressive in the same "
-                "order (no permutations between layers); build the stack with permute=False "
+                f"order (no permutations between layers; found {', '.join(sorted(others))}); "
+                "build a MAF / IAF with permute=False (coupling flows have no per-step form) "
                 "or use the Monte Carlo estimator (distill.estimator=monte_carlo)"
             )
         return list(self.layers)
@@ -168,29 +171,14 @@ def _fold(params) -> tuple[torch.Tensor, torch.Tensor]:
     return mean, log_scale
 
 
-class _VectorFlow(nn.Module):
-    """Conditional flow over vectors with MADE conditioners; see :class:`MAF` and :class:`IAF`."""
+class VectorFlow(nn.Module):
+    """A conditional flow over vectors (B, D): a :class:`FlowStack` of any layers behind the
+    ``ConditionalFlow`` protocol of :mod:`distill.losses`, so MAF, IAF and the coupling flows
+    of :mod:`distill.flows.coupling` are trained, distilled and timed by the same code."""
 
-    mode = "maf"
-
-    def __init__(
-        self,
-        features: int,
-        context_features: int,
-        hidden_features: int = 64,
-        num_layers: int = 4,
-        permute: bool = True,
-        num_hidden: int = 2,
-        log_scale_min: float = -7.0,
-    ):
+    def __init__(self, features: int, layers: list[nn.Module]):
         super().__init__()
         self.features = features
-        layers: list[nn.Module] = []
-        for i in range(num_layers):
-            if permute and i > 0:
-                layers.append(Reverse())
-            made = MADE(features, context_features, hidden_features, num_hidden)
-            layers.append(AffineAutoregressive(made, self.mode, log_scale_min))
         self.flow = FlowStack(layers)
 
     def noise_shape(self, context: torch.Tensor) -> tuple[int, int]:
@@ -223,6 +211,30 @@ class _VectorFlow(nn.Module):
     def sample_with_conditionals(self, context: torch.Tensor, noise: torch.Tensor | None = None):
         """IAF without permutations: x, log_prob (B,), per-step mean and log-scale (B, D)."""
         return self.flow.sample_with_conditionals(self._noise(context, noise), context)
+
+
+class _VectorFlow(VectorFlow):
+    """Conditional flow over vectors with MADE conditioners; see :class:`MAF` and :class:`IAF`."""
+
+    mode = "maf"
+
+    def __init__(
+        self,
+        features: int,
+        context_features: int,
+        hidden_features: int = 64,
+        num_layers: int = 4,
+        permute: bool = True,
+        num_hidden: int = 2,
+        log_scale_min: float = -7.0,
+    ):
+        layers: list[nn.Module] = []
+        for i in range(num_layers):
+            if permute and i > 0:
+                layers.append(Reverse())
+            made = MADE(features, context_features, hidden_features, num_hidden)
+            layers.append(AffineAutoregressive(made, self.mode, log_scale_min))
+        super().__init__(features, layers)
 
 
 class MAF(_VectorFlow):
