@@ -539,7 +539,7 @@ def tiny_yaml(tmp_path):
         "skip_channels: 8, dilations: [1, 2, 4]}]}\n"
         "teacher_training: {batch_size: 2, segment_frames: 8}\n"
         "student_training: {batch_size: 3, segment_frames: 4}\n"
-        "distill: {stft_resolutions: [[32, 8, 32]]}\n"
+        "distill: {stft_resolutions: [[32, 8, 32]], mel_weight: 45.0}\n"
     )
     return cfg
 

@@ -69,7 +69,7 @@ def train_speed(
     frozen = teacher.eval().requires_grad_(False)
     student = init_student(config, frozen).to(device)
     check_estimator(student, frozen, config.distill.estimator)
-    loss = DistillationLoss(config.distill)
+    loss = DistillationLoss(config.distill, config.audio)
     student_weight = config.student_training.pitch_weight
     objective = DistillObjective(student, frozen, loss, student_weight).train()
     student_rate, student_shape = _step_speed(
