@@ -24,6 +24,7 @@ import random
 import shutil
 import subprocess
 import time
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from importlib.resources import files
@@ -45,6 +46,8 @@ __all__ = [
     "plan_utterances",
     "make_espeak_corpus",
     "find_espeak",
+    "wav_seconds",
+    "write_metadata",
 ]
 
 VOICES = (
@@ -178,7 +181,7 @@ def _read_metadata(path: Path) -> dict[str, list[str]]:
         return {row[0]: row for row in csv.reader(f, delimiter="|", quoting=csv.QUOTE_NONE) if row}
 
 
-def _valid_wav(path: Path) -> float | None:
+def wav_seconds(path: Path) -> float | None:
     """Duration in seconds of a readable, non-empty wav, else None."""
     try:
         info = sf.info(str(path))
@@ -187,12 +190,19 @@ def _valid_wav(path: Path) -> float | None:
     return info.frames / info.samplerate if info.frames > 0 else None
 
 
+def write_metadata(path: Path, rows: Iterable[list[str]]) -> None:
+    """``metadata.csv`` (``|``-separated, no quoting), atomically: a corpus's last write."""
+    with atomic_output(path) as tmp, open(tmp, "w", encoding="utf-8", newline="") as f:
+        writer = csv.writer(f, delimiter="|", quoting=csv.QUOTE_NONE, escapechar="\\")
+        writer.writerows(rows)
+
+
 def _synthesise(exe: str, utt: Utterance, path: Path) -> float:
     """Run espeak-ng into a hidden temp file, check it, rename it into place. Returns seconds."""
     with atomic_output(path) as tmp:
         cmd = [exe, "-w", str(tmp), "-v", utt.voice, "-p", str(utt.pitch), "-s", str(utt.speed)]
         proc = subprocess.run(cmd + ["--", utt.text], capture_output=True, text=True, timeout=120)
-        seconds = _valid_wav(tmp) if proc.returncode == 0 else None
+        seconds = wav_seconds(tmp) if proc.returncode == 0 else None
         if seconds is None:
             raise DataError(
                 f"espeak-ng failed for {utt.id} (voice {utt.voice!r}, exit {proc.returncode}): "
@@ -238,7 +248,7 @@ def make_espeak_corpus(
     todo = []
     for utt in plan:
         path = wav_dir / f"{utt.id}.wav"
-        duration = _valid_wav(path) if old.get(utt.id) == utt.row() else None
+        duration = wav_seconds(path) if old.get(utt.id) == utt.row() else None
         if duration is None:
             todo.append(utt)
         else:
@@ -252,9 +262,7 @@ def make_espeak_corpus(
         ):
             seconds[uid] = duration
 
-    with atomic_output(meta_path) as tmp, open(tmp, "w", encoding="utf-8", newline="") as f:
-        writer = csv.writer(f, delimiter="|", quoting=csv.QUOTE_NONE, escapechar="\\")
-        writer.writerows(u.row() for u in plan)
+    write_metadata(meta_path, (u.row() for u in plan))
     return CorpusSummary(
         out_dir=out_dir,
         num_utterances=len(plan),
