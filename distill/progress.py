@@ -52,7 +52,8 @@ def progress(
 
 def _clock(seconds: float) -> str:
     minutes, seconds = divmod(int(round(seconds)), 60)
-    return f"{minutes}:{seconds:02d}" if minutes < 60 else f"{minutes // 60}:{minutes % 60:02d}:00"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{seconds:02d}" if hours else f"{minutes}:{seconds:02d}"
 
 
 class PlainProgress:

@@ -12,7 +12,7 @@ cd "$(dirname "$0")/.."
 
 stage=${stage:-1}
 stop_stage=${stop_stage:-1}
-NAME=${NAME:-espeak}
+NAME=${NAME:-${CORPUS:-espeak}}
 CONFIG=${CONFIG:-recipes/configs/demo.yaml}
 DATA=${DATA:-data/prepared/$NAME}
 EXP=${EXP:-checkpoints/$NAME}

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Stage one: train the conditional MAF teacher by maximum likelihood. Thin: paths and stages
 # only; the work is `distill make-corpus`, `distill prepare` and `distill train-teacher`.
-#   0 make and prepare the default espeak-ng corpus, if $DATA is not prepared yet
+#   0 make and prepare the built-in corpus $CORPUS (espeak or festvox-ru), if $DATA is not
+#     prepared yet
 #   1 train the teacher into $TEACHER_DIR (resumes from $TEACHER_DIR/latest.pt when re-run)
 # stage=N starts from stage N, stop_stage=M stops after M (lower case, so that the STAGE of
 # recipes/demo.sh does not leak in). Extra arguments are config overrides, e.g.
@@ -13,9 +14,10 @@ cd "$(dirname "$0")/.."
 
 stage=${stage:-0}
 stop_stage=${stop_stage:-1}
-NAME=${NAME:-espeak}
+CORPUS=${CORPUS:-espeak}
+NAME=${NAME:-$CORPUS}
 CONFIG=${CONFIG:-recipes/configs/demo.yaml}
-CORPUS=${CORPUS:-data/corpus/$NAME}
+CORPUS_DIR=${CORPUS_DIR:-data/corpus/$NAME}
 DATA=${DATA:-data/prepared/$NAME}
 EXP=${EXP:-checkpoints/$NAME}
 TEACHER_DIR=${TEACHER_DIR:-$EXP/teacher}
@@ -26,11 +28,11 @@ if [ "$stage" -le 0 ] && [ 0 -le "$stop_stage" ]; then
   if [ -f "$DATA/prepared.json" ]; then
     echo "=== train_teacher stage 0: $DATA is prepared; skipping ==="
   else
-    echo "=== train_teacher stage 0: make and prepare the corpus $CORPUS -> $DATA ==="
-    if [ ! -f "$CORPUS/metadata.csv" ]; then
-      distill make-corpus --out "$CORPUS"
+    echo "=== train_teacher stage 0: make and prepare the corpus $CORPUS_DIR -> $DATA ==="
+    if [ ! -f "$CORPUS_DIR/metadata.csv" ]; then
+      distill make-corpus --source "$CORPUS" --out "$CORPUS_DIR"
     fi
-    distill prepare --audio-dir "$CORPUS" --out "$DATA" --config "$CONFIG"
+    distill prepare --audio-dir "$CORPUS_DIR" --out "$DATA" --config "$CONFIG"
   fi
 fi
 

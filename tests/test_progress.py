@@ -50,3 +50,12 @@ def test_the_last_count_is_written_once(monkeypatch):
         "evaluate: 2/3",
         "evaluate: 3/3",
     ]
+
+
+def test_clock_keeps_seconds_past_an_hour():
+    from distill.progress import _clock
+
+    assert _clock(59.4) == "0:59"
+    assert _clock(61) == "1:01"
+    assert _clock(3600 + 2 * 60 + 5) == "1:02:05"
+    assert _clock(10 * 3600 + 59) == "10:00:59"
