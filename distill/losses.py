@@ -266,11 +266,10 @@ class DistillationLoss:
       judged by a discriminator that moves, so they are not comparable from step to step).
 
     The teacher should be frozen (eval mode, ``requires_grad_(False)``); gradients still flow
-    through it into the student's sample. With ``kl_weight`` 0 a pass with gradient (a
-    training step) skips the teacher, and the KL and teacher metrics are absent; without
-    gradient (validation) they are measured. Spectral terms whose weight is 0 are computed
-    without gradient, for logging only. ``config.temperature`` scales the student's noise;
-    the KL is then that of the tempered student.
+    through it into the student's sample (not when ``kl_weight`` is 0: the KL is then logged
+    only). Spectral terms whose weight is 0 are computed without gradient, for logging only.
+    ``config.temperature`` scales the student's noise; the KL is then that of the tempered
+    student.
     """
 
     def __init__(self, config: DistillLossConfig, audio: AudioConfig | None = None):
@@ -300,13 +299,7 @@ class DistillationLoss:
 
         terms: dict[str, torch.Tensor] = {}
         metrics: dict[str, torch.Tensor] = {}
-        kl = log_p = None
-        if c.kl_weight == 0 and torch.is_grad_enabled():
-            # a training step with no KL: the teacher's pass would only be logged, so it is
-            # skipped (validation, without gradient, still measures the KL)
-            x, log_q = student.sample_with_log_prob(context, z)
-            log_q = self._temper(log_q, z, eps)
-        elif c.estimator == "closed_form":
+        if c.estimator == "closed_form":
             try:
                 x, log_q, mean_q, log_scale_q = student.sample_with_conditionals(context, z)
                 with torch.set_grad_enabled(teacher_grad):
@@ -350,12 +343,10 @@ class DistillationLoss:
 
         weights = {k: w for k, w in self.weights.items() if k in terms}
         total = weighted_total(terms, weights)
+        kl_per_row = (kl / dims).detach()
+        metrics["kl/per_sample"] = kl_per_row.mean()
         metrics["student/entropy_per_sample"] = (-at_least_float32(log_q).detach() / dims).mean()
-        kl_per_row = None
-        if kl is not None:
-            kl_per_row = (kl / dims).detach()
-            metrics["kl/per_sample"] = kl_per_row.mean()
-            metrics["teacher/nll_per_sample"] = (-log_p / dims).mean()
+        metrics["teacher/nll_per_sample"] = (-log_p / dims).mean()
         return DistillResult(total, terms, weights, metrics, kl_per_row, x)
 
     def _temper(self, log_q: torch.Tensor, z: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:

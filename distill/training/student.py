@@ -162,9 +162,8 @@ class DistillObjective(nn.Module):
             out["loss"] = out["loss"] + self.pitch_weight * pitch
             out["loss/pitch"] = pitch.detach()
             out.update(metrics)
-        nll = out.pop("teacher/nll_per_sample", None)
-        if nll is not None:  # absent in a step without the KL (the teacher is skipped)
-            out["teacher/bits_per_sample_student"] = nll_bits_per_sample(-nll, 1)
+        nll = out.pop("teacher/nll_per_sample")
+        out["teacher/bits_per_sample_student"] = nll_bits_per_sample(-nll, 1)
         return out
 
 
