@@ -296,6 +296,9 @@ class DistillLossConfig:
     estimator: str = _choice("closed_form", ESTIMATORS)  # per-step Gaussian KL or Monte Carlo
     kl_weight: float = _number(1.0, min=0)
     log_sigma_reg: float = _number(4.0, min=0)  # ClariNet's lambda on (log sigma - log S)^2
+    # the teacher's log-scale inside the KL and its regulariser is at least this (-100: off);
+    # a recording's pauses take the teacher to its floor, where (mean - mu)^2 / sigma^2 rules
+    teacher_log_scale_floor: float = _number(-100.0)
     stft_weight: float = _number(1.0, min=0)
     power_weight: float = _number(0.0, min=0)
     mel_weight: float = _number(0.0, min=0)  # L1 of log-mels (HiFi-GAN: 45)

@@ -310,7 +310,8 @@ class DistillationLoss:
             if c.temperature != 1.0:  # x_t = z_t S_t + M_t with z_t ~ N(0, T^2)
                 log_scale_q = log_scale_q + math.log(c.temperature)
             # Unit regulariser here; its weight kl_weight * log_sigma_reg is applied in `total`.
-            kl, reg = closed_form_kl(mean_q, log_scale_q, mu, log_sigma, log_sigma_reg=1.0)
+            floored = log_sigma.clamp_min(c.teacher_log_scale_floor)
+            kl, reg = closed_form_kl(mean_q, log_scale_q, mu, floored, log_sigma_reg=1.0)
             terms["kl"] = (kl / dims).mean()
             terms["log_sigma_reg"] = (reg / dims).mean()
             log_p = gaussian_log_prob(x, mu, log_sigma).detach()

@@ -309,3 +309,27 @@ def test_closed_form_needs_an_iaf_student_and_maf_teacher():
     student, teacher = vector_pair()
     with pytest.raises(ConfigError, match="IAF layers in the student"):
         check_estimator(teacher, teacher, "closed_form")
+
+
+def test_teacher_log_scale_floor_bounds_the_teachers_scale_inside_the_kl_only():
+    student, teacher, cfg = audio_pair()
+    mel = torch.randn(2, cfg.audio.n_mels, 8) - 4
+    noise = torch.randn(student.noise_shape(mel))
+    with torch.no_grad():
+        plain = DistillationLoss(cfg.distill)(student, teacher, mel, noise=noise)
+        floor = 0.5  # above most of the random teacher's log-scales: the floor must bite
+        floored = DistillationLoss(dataclasses.replace(cfg.distill, teacher_log_scale_floor=floor))(
+            student, teacher, mel, noise=noise
+        )
+        x, _, mean_q, log_scale_q = student.sample_with_conditionals(mel, noise)
+        mu, log_sigma = teacher.gaussian_conditionals(x, mel)
+    assert (log_sigma < floor).any()
+    expected, reg = closed_form_kl(mean_q, log_scale_q, mu, log_sigma.clamp_min(floor), 1.0)
+    dims = x.shape[-1]
+    torch.testing.assert_close(floored.terms["kl"], (expected / dims).mean())
+    torch.testing.assert_close(floored.terms["log_sigma_reg"], (reg / dims).mean())
+    assert not torch.allclose(floored.terms["kl"], plain.terms["kl"])
+    # the teacher's own density of the sample is not floored
+    torch.testing.assert_close(
+        floored.metrics["teacher/nll_per_sample"], plain.metrics["teacher/nll_per_sample"]
+    )
