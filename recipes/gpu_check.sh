@@ -11,7 +11,8 @@
 #     with a checkpoint (up to 3 minutes each: what the steps above left of TOTAL_MINUTES, less
 #     a reserve for the evaluation), then distill evaluate on it
 #   5 the report: device, driver and library versions, every table, each step's time
-# DEVICE=cpu runs the same on CPU with tiny budgets in a few minutes (CI's smoke run does).
+# DEVICE=cpu runs the same on CPU with tiny budgets in a few minutes (CI's smoke run does;
+# the training steps there are of one 5-frame segment).
 # Each step's output and log land in $OUT; a failed step is recorded and the rest still runs;
 # the script exits non-zero if any step failed, after writing the report.
 # Needs the project importable by $PYTHON (default .venv/bin/python, see recipes/setup.sh);
@@ -30,7 +31,11 @@ if [ "$DEVICE" = cpu ]; then  # tiny budgets: the same steps, so that CI keeps t
   TOTAL_MINUTES=${TOTAL_MINUTES:-5}
   BENCH=(--seconds 0.05 --batch 1,2 --variants eager,cuda-graphs --repeats 1 --budget-s 20)
   CACHED=(--seconds 0.02 --batch 1,2 --repeats 1 --budget-s 20)
-  TRAIN_BATCH=(--batch 1 --repeats 1)
+  # one utterance of 5 frames (1,280 samples, the least the 2048-point STFT loss takes): on a
+  # CPU, bf16 autocast can put the dilated convolutions on a slow path (aten::slow_conv_dilated2d
+  # on a 2-core AMD EPYC without AVX-512), and the paper config's 32-frame steps made
+  # train_paper_bfloat16 take 528 s on an AMD EPYC Zen 4 without AMX, most of CI's time
+  TRAIN_BATCH=(--batch 1 --repeats 1 --segment-frames 5)
   NUM_UTTERANCES=${NUM_UTTERANCES:-16}
   MAX_TRAIN_MINUTES=0.25
   EVAL_RESERVE_S=90

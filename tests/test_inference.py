@@ -601,6 +601,13 @@ def test_bench_times_the_paths_asked_for_and_training_steps(tiny_yaml, capsys):
         assert (result["teacher_batch"], result["teacher_segment_samples"]) == (2, 8 * 16)
         assert (result["student_batch"], result["student_segment_samples"]) == (3, 4 * 16)
         assert result["dtype"] == dtype
+    # a shorter segment for both stages, and one utterance (gpu_check's CPU steps)
+    short = ["--train", "--batch", "1", "--segment-frames", "3"]
+    assert main([*args, *short, "--dtype", "bfloat16"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert (result["teacher_batch"], result["teacher_segment_samples"]) == (1, 3 * 16)
+    assert (result["student_batch"], result["student_segment_samples"]) == (1, 3 * 16)
+    assert result["student_train_samples_per_s"] > 0
     assert main([*args, "--train"]) == 0  # the table too
     assert main(["bench", "--config", str(tiny_yaml), "--train"]) == 0
     assert "teacher step (2 x 128 samples)" in capsys.readouterr().out
@@ -608,6 +615,8 @@ def test_bench_times_the_paths_asked_for_and_training_steps(tiny_yaml, capsys):
         (["--seconds", "1", "--paths", "student,fast"], "--paths must name some of"),
         (["--train", "--seconds", "1"], "drop --seconds"),
         (["--train", "--dtype", "float32,bfloat16"], "one value with --train"),
+        (["--seconds", "1", "--segment-frames", "4"], "--segment-frames is for --train"),
+        (["--train", "--segment-frames", "0"], "--segment-frames must be >= 1"),
         (["--seconds", "1", "--variants", "jit"], "--variants must name some of"),
         (["--seconds", "1", "--batch", "1,x"], "--batch takes a comma-separated list"),
         ([], "give --seconds"),

@@ -38,6 +38,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="utterances at once, or several comma-separated (default: 1; with --train: one "
         "value, default each stage's batch_size)",
     )
+    parser.add_argument(
+        "--segment-frames",
+        type=int,
+        default=None,
+        help="with --train: mel frames per training segment, for both stages (default: each "
+        "stage's segment_frames); a shorter segment bounds the cost of a step where a step of "
+        "the config's is slow (a big config on a CPU)",
+    )
     parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if any)")
     parser.add_argument(
         "--dtype",
@@ -89,6 +97,11 @@ def run(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     if args.repeats < 1:
         raise ConfigError(f"--repeats must be >= 1, found {args.repeats}")
+    if args.segment_frames is not None:
+        if not args.train:
+            raise ConfigError("--segment-frames is for --train (generation takes --seconds)")
+        if args.segment_frames < 1:
+            raise ConfigError(f"--segment-frames must be >= 1, found {args.segment_frames}")
     if args.train:
         result, text = _train(args)
         print(json.dumps(result.to_dict()) if args.json else text(result))
@@ -131,6 +144,7 @@ def _train(args: argparse.Namespace):
         dtype=dtype,
         batch=batch,
         repeats=args.repeats,
+        segment_frames=args.segment_frames,
     )
     return result, format_train_speed
 

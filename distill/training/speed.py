@@ -6,8 +6,9 @@ its train module (:class:`~distill.training.teacher.TeacherLikelihood`,
 for a half dtype (:func:`distill.precision.half_precision`, as ``amp`` / ``cpu_amp`` make the
 loop do), backward, gradient clipping and one Adam update. Models are randomly initialised
 from the config and batches are random audio and mels of the config's ``batch_size`` and
-``segment_frames``: the cost does not depend on the values. Each step is warmed up, then
-timed ``repeats`` times; the fastest counts.
+``segment_frames`` (or a shorter ``segment_frames`` for both, which bounds the cost of a step
+where the config's is slow): the cost does not depend on the values. Each step is warmed up,
+then timed ``repeats`` times; the fastest counts.
 """
 
 from __future__ import annotations
@@ -47,9 +48,15 @@ class TrainSpeed:
 
 
 def train_speed(
-    config: Config, device=None, dtype=None, batch: int | None = None, repeats: int = 3
+    config: Config,
+    device=None,
+    dtype=None,
+    batch: int | None = None,
+    repeats: int = 3,
+    segment_frames: int | None = None,
 ) -> TrainSpeed:
-    """Samples/s of one training step of each stage; ``batch`` replaces both configs' batch."""
+    """Samples/s of one training step of each stage; ``batch`` and ``segment_frames`` replace
+    both stages' ``batch_size`` and ``segment_frames``."""
     device, dtype = resolve_device(device), resolve_dtype(dtype)
     torch.manual_seed(0)
     teacher = Teacher(config).to(device)
@@ -61,6 +68,7 @@ def train_speed(
         config,
         config.teacher_training,
         batch,
+        segment_frames,
         device,
         dtype,
         repeats,
@@ -78,6 +86,7 @@ def train_speed(
         config,
         config.student_training,
         batch,
+        segment_frames,
         device,
         dtype,
         repeats,
@@ -103,17 +112,19 @@ def _step_speed(
     config: Config,
     tc: TrainingConfig,
     batch: int | None,
+    segment_frames: int | None,
     device: torch.device,
     dtype: torch.dtype,
     repeats: int,
 ) -> tuple[float, tuple[int, int]]:
     """Fastest step of ``repeats`` after one warm-up: samples/s and the batch's (B, T)."""
     batch = batch or tc.batch_size
+    segment_frames = segment_frames or tc.segment_frames
     hop = config.audio.hop_length
     gen = torch.Generator().manual_seed(0)
-    audio = (0.1 * torch.randn(batch, tc.segment_frames * hop, generator=gen)).to(device)
+    audio = (0.1 * torch.randn(batch, segment_frames * hop, generator=gen)).to(device)
     margin = segment_margin(model)  # the mel context a training segment carries
-    frames = tc.segment_frames + 2 * margin
+    frames = segment_frames + 2 * margin
     mel = (torch.randn(batch, config.audio.n_mels, frames, generator=gen) - 5).to(device)
     mel = with_margin(mel, margin)
     params = [p for p in model.parameters() if p.requires_grad]
