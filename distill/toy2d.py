@@ -11,7 +11,7 @@ In 2-D the KL can be computed on a grid: :func:`grid_kl` evaluates both log-dens
 square grid, normalises each over the grid and sums ``q (log q - log p)``. It is reported per
 context value before, during and after distillation (``metrics.json``), and the PNGs show the
 data, the teacher's density, the student's density and the student's samples for a few context
-values (``overview.png`` holds all four rows). Runs in well under a minute on a CPU core.
+values (``overview.png`` holds all four rows). Runs in about a minute on a CPU core.
 
 **The families side by side** (:func:`compare`, on unless ``--no-compare``): beside the MAF and
 the distilled IAF, NICE, RealNVP and Glow (:mod:`distill.flows.coupling`) are fitted by maximum
@@ -22,17 +22,27 @@ log-likelihood, the time to sample and to evaluate the density of ``timing_point
 teacher: the Monte Carlo estimate over ``timing_points`` samples (the per-step closed form needs
 every layer autoregressive in one order, which neither a permuted IAF nor a coupling flow is)
 and the grid KL. ``comparison.md``, ``comparison.png`` and ``metrics.json["comparison"]``.
+
+The fits run in two processes (:func:`run`): this one fits the MAF teacher and distils both
+students from it, a spawned worker fits NICE, RealNVP and Glow, each on ``threads`` torch
+threads. Every fit seeds its own generators, so the numbers are the same as one after another
+in one process. The times to sample and evaluate densities are taken afterwards, in this
+process, one model at a time, with nothing else of the run going on.
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import math
+import multiprocessing
 import platform
+import resource
 import subprocess
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -51,6 +61,9 @@ __all__ = [
     "fit_teacher",
     "distill_student",
     "grid_kl",
+    "measure",
+    "measure_fit",
+    "measure_times",
     "compare",
     "run",
 ]
@@ -59,6 +72,9 @@ CONTEXTS = (-1.0, -0.33, 0.33, 1.0)
 
 FAMILIES = {"maf": MAF, "iaf": IAF, "nice": NICE, "realnvp": RealNVP, "glow": Glow}
 """Every vector flow the comparison builds, all with ``(2, 1, hidden_features, num_layers)``."""
+
+COUPLING = (("nice", "NICE"), ("realnvp", "RealNVP"), ("glow", "Glow"))
+"""The families fitted by maximum likelihood beside the MAF: (family, name in the table)."""
 
 
 @dataclass(frozen=True)
@@ -77,7 +93,8 @@ class Toy2DConfig:
     compare: bool = True  # also fit NICE / RealNVP / Glow and distil a RealNVP student
     timing_points: int = 100_000  # points sampled and evaluated for the times and the MC KL
     heldout_points: int = 20_000  # held-out data for the negative log-likelihood
-    threads: int = 1  # torch threads for the whole run, timings included (see run())
+    threads: int = 1  # torch threads per process, timings included (see run())
+    workers: int = 2  # processes for the fits: 1 fits everything in this process (see run())
 
 
 def sample_moons(context: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -113,7 +130,9 @@ def fit_flow(family: str, cfg: Toy2DConfig, log=print) -> VectorFlow:
     torch.manual_seed(cfg.seed)
     model = build_flow(family, cfg)
     name = "teacher" if family == "maf" else family
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.teacher_lr)
+    # foreach: the same arithmetic as the default per-tensor loop (bit-identical weights), with
+    # less Python per step
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.teacher_lr, foreach=True)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(1, cfg.teacher_steps))
     for step in range(1, cfg.teacher_steps + 1):
         c = _contexts(cfg.batch_size, gen)
@@ -159,28 +178,53 @@ def grid_kl(log_q: torch.Tensor, log_p: torch.Tensor) -> float:
     return float((log_q.exp() * (log_q - log_p)).sum())
 
 
-def grid_kls(student, teacher, cfg: Toy2DConfig, contexts=CONTEXTS) -> dict[str, float]:
+def teacher_grid(teacher, cfg: Toy2DConfig, contexts=CONTEXTS) -> dict[float, torch.Tensor]:
+    """The frozen teacher's grid log-densities per context, computed once for many
+    :func:`grid_kls`."""
+    return {c: grid_log_probs(teacher, c, cfg) for c in contexts}
+
+
+def grid_kls(
+    student, teacher, cfg: Toy2DConfig, contexts=CONTEXTS, teacher_logp=None
+) -> dict[str, float]:
+    """Grid KL(student || teacher) per context and their mean; ``teacher_logp`` is the
+    teacher's :func:`teacher_grid` when already computed."""
+    if teacher_logp is None:
+        teacher_logp = teacher_grid(teacher, cfg, contexts)
     out = {}
     for c in contexts:
-        out[f"{c:+.2f}"] = grid_kl(grid_log_probs(student, c, cfg), grid_log_probs(teacher, c, cfg))
+        out[f"{c:+.2f}"] = grid_kl(grid_log_probs(student, c, cfg), teacher_logp[c])
     out["mean"] = sum(out.values()) / len(contexts)
     return out
 
 
-def distill_student(teacher: MAF, cfg: Toy2DConfig, log=print, family: str = "iaf"):
+def distill_student(
+    teacher: MAF,
+    cfg: Toy2DConfig,
+    log=print,
+    family: str = "iaf",
+    track: bool = True,
+    teacher_logp=None,
+):
     """Distil a conditional student (an IAF, or any family that samples in one pass) from the
     frozen teacher with the Monte Carlo estimator.
 
-    Returns the student and the history ``[(step, grid KL per context and mean, MC KL)]``.
+    Returns the student and the history ``[(step, grid KL per context and mean, MC KL)]``;
+    with ``track=False`` the grid KL is not computed on the way (the history has the running
+    MC KL alone; the training is the same). ``teacher_logp``: the teacher's
+    :func:`teacher_grid`, if computed already.
     """
     gen = torch.Generator().manual_seed(cfg.seed + 1)
     torch.manual_seed(cfg.seed + 1)
     student = build_flow(family, cfg)
     name = "student" if family == "iaf" else f"{family} student"
     loss = DistillationLoss(DistillLossConfig(estimator="monte_carlo", stft_weight=0.0))
-    opt = torch.optim.Adam(student.parameters(), lr=cfg.student_lr)
+    opt = torch.optim.Adam(student.parameters(), lr=cfg.student_lr, foreach=True)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(1, cfg.student_steps))
-    history = [{"step": 0, "grid_kl": grid_kls(student, teacher, cfg), "mc_kl": None}]
+    if track and teacher_logp is None:
+        teacher_logp = teacher_grid(teacher, cfg)
+    kls = grid_kls(student, teacher, cfg, teacher_logp=teacher_logp) if track else None
+    history = [{"step": 0, "grid_kl": kls, "mc_kl": None}]
     running = None
     for step in range(1, cfg.student_steps + 1):
         c = _contexts(cfg.batch_size, gen)
@@ -193,7 +237,11 @@ def distill_student(teacher: MAF, cfg: Toy2DConfig, log=print, family: str = "ia
         kl = result.metrics["kl/per_sample"].item() * 2  # per dimension -> per 2-D point
         running = kl if running is None else 0.95 * running + 0.05 * kl
         if step % cfg.eval_every == 0 or step == cfg.student_steps:
-            kls = grid_kls(student, teacher, cfg)
+            if not track:
+                history.append({"step": step, "grid_kl": None, "mc_kl": running})
+                log(f"{name} step {step}: MC KL {running:.4f} nats")
+                continue
+            kls = grid_kls(student, teacher, cfg, teacher_logp=teacher_logp)
             history.append({"step": step, "grid_kl": kls, "mc_kl": running})
             log(f"{name} step {step}: grid KL {kls['mean']:.4f} nats, MC KL {running:.4f}")
     return student.eval(), history
@@ -313,40 +361,71 @@ def _seconds(fn, repeats: int = 3) -> tuple[float, float]:
     return min(cpu), min(wall)
 
 
-@torch.no_grad()
-def measure(model, cfg: Toy2DConfig, teacher=None) -> dict:
-    """Held-out NLL (exact), sampling and density seconds for ``timing_points`` points (CPU and
-    wall, :func:`_seconds`, after a warm-up), and with a teacher the Monte Carlo
-    KL(model || teacher) over as many samples of the model."""
-    gen = torch.Generator().manual_seed(cfg.seed + 3)  # held-out: no training batch is reused
+def _measure_inputs(cfg: Toy2DConfig):
+    """The same inputs for every model, from their own seed (no training batch is reused):
+    held-out contexts and points, then the timing batch's contexts and noise."""
+    gen = torch.Generator().manual_seed(cfg.seed + 3)
     c = _contexts(cfg.heldout_points, gen)
-    nll, nll_err = _mean_and_error(-model.log_prob(sample_moons(c, gen), c))
-    c = _contexts(cfg.timing_points, gen)
+    x = sample_moons(c, gen)
+    timing_c = _contexts(cfg.timing_points, gen)
     noise = torch.randn(cfg.timing_points, 2, generator=gen)
-    x = model.sample(c, noise)  # and a warm-up for both directions
-    model.log_prob(x[:1000], c[:1000])
-    if not torch.isfinite(x).all():
-        raise RuntimeError(f"{type(model).__name__} gave non-finite samples")
-    sample_cpu, sample_wall = _seconds(lambda: model.sample(c, noise))
-    density_cpu, density_wall = _seconds(lambda: model.log_prob(x, c))
+    return c, x, timing_c, noise
+
+
+@torch.no_grad()
+def measure_fit(model, cfg: Toy2DConfig, teacher=None, teacher_logp=None) -> dict:
+    """What does not depend on the machine's load: parameters, held-out NLL (exact) and, with a
+    teacher, the Monte Carlo KL(model || teacher) over ``timing_points`` samples of the model
+    and the grid KL (``teacher_logp``: the teacher's :func:`teacher_grid`, if computed)."""
+    c, x, timing_c, noise = _measure_inputs(cfg)
+    nll, nll_err = _mean_and_error(-model.log_prob(x, c))
     row = {
         "parameters": sum(p.numel() for p in model.parameters()),
         "heldout_nll": nll,
         "heldout_nll_stderr": nll_err,
-        "sample_cpu_seconds": sample_cpu,
-        "sample_wall_seconds": sample_wall,
-        "density_cpu_seconds": density_cpu,
-        "density_wall_seconds": density_wall,
         "mc_kl": None,
         "mc_kl_stderr": None,
         "grid_kl": None,
     }
     if teacher is not None:
-        x, log_q = model.sample_with_log_prob(c, noise)
-        kl = monte_carlo_kl(log_q, teacher.log_prob(x, c))
+        samples, log_q = model.sample_with_log_prob(timing_c, noise)
+        kl = monte_carlo_kl(log_q, teacher.log_prob(samples, timing_c))
         row["mc_kl"], row["mc_kl_stderr"] = _mean_and_error(kl)
-        row["grid_kl"] = grid_kls(model, teacher, cfg)["mean"]
+        row["grid_kl"] = grid_kls(model, teacher, cfg, teacher_logp=teacher_logp)["mean"]
     return row
+
+
+@torch.no_grad()
+def measure_times(model, cfg: Toy2DConfig) -> dict:
+    """Seconds to sample ``timing_points`` points and to evaluate their density, CPU and wall
+    (:func:`_seconds`: fastest of three, after a warm-up of both directions on 1,000 points).
+    Meant to run with nothing else going on: :func:`compare` times one model at a time."""
+    _, _, c, noise = _measure_inputs(cfg)
+    warm = min(1000, cfg.timing_points)
+    model.log_prob(model.sample(c[:warm], noise[:warm]), c[:warm])  # warm-up
+    samples = []
+    sample_cpu, sample_wall = _seconds(lambda: samples.append(model.sample(c, noise)))
+    x = samples[-1]
+    del samples[:-1]
+    if not torch.isfinite(x).all():
+        raise RuntimeError(f"{type(model).__name__} gave non-finite samples")
+    density_cpu, density_wall = _seconds(lambda: model.log_prob(x, c))
+    return {
+        "sample_cpu_seconds": sample_cpu,
+        "sample_wall_seconds": sample_wall,
+        "density_cpu_seconds": density_cpu,
+        "density_wall_seconds": density_wall,
+    }
+
+
+def measure(model, cfg: Toy2DConfig, teacher=None) -> dict:
+    """:func:`measure_fit` and :func:`measure_times` in one row: held-out NLL (exact), sampling
+    and density seconds for ``timing_points`` points, and with a teacher the Monte Carlo
+    KL(model || teacher) over as many samples of the model and the grid KL."""
+    fit = measure_fit(model, cfg, teacher)
+    times = measure_times(model, cfg)
+    keys = ("parameters", "heldout_nll", "heldout_nll_stderr")
+    return {**{k: fit.pop(k) for k in keys}, **times, **fit}
 
 
 def _table(rows: list[dict], cfg: Toy2DConfig) -> str:
@@ -370,33 +449,117 @@ def _table(rows: list[dict], cfg: Toy2DConfig) -> str:
     return "\n".join(lines)
 
 
-def compare(teacher, student, cfg: Toy2DConfig, out: Path, log=print, trained_seconds=None):
+# --- the fits in two processes ---------------------------------------------------------------
+
+
+def _init_worker(threads: int) -> None:
+    torch.set_num_threads(threads)
+
+
+def _state_bytes(model: VectorFlow) -> bytes:
+    buffer = io.BytesIO()
+    torch.save(model.state_dict(), buffer)
+    return buffer.getvalue()
+
+
+def _load_flow(family: str, cfg: Toy2DConfig, state: bytes) -> VectorFlow:
+    """A frozen flow of ``family`` with the weights and buffers of :func:`_state_bytes`."""
+    with torch.random.fork_rng():  # building draws initial weights; leave the RNG as it was
+        model = build_flow(family, cfg)
+    model.load_state_dict(torch.load(io.BytesIO(state), weights_only=True))
+    return model.eval().requires_grad_(False)
+
+
+def _fit_coupling(cfg: Toy2DConfig, echo: bool) -> tuple[dict, list[str]]:
+    """The worker's share: fit NICE, RealNVP and Glow. Per table name: the weights
+    (:func:`_state_bytes`), the training's (CPU, wall) seconds in this process and its
+    :func:`measure_fit` row; and the log lines (printed here as they come when ``echo``)."""
+    lines: list[str] = []
+    log = partial(print, flush=True) if echo else lines.append
+    fitted = {}
+    for family, name in COUPLING:
+        start = _clocks()
+        model = fit_flow(family, cfg, log)
+        seconds = _since(start)
+        fitted[name] = {
+            "state": _state_bytes(model),
+            "seconds": seconds,
+            "fit": measure_fit(model, cfg),
+        }
+    return fitted, lines
+
+
+def _children_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def compare(
+    teacher,
+    student,
+    cfg: Toy2DConfig,
+    out: Path,
+    log=print,
+    trained_seconds=None,
+    fitted=None,
+    load_start=None,
+):
     """Fit NICE, RealNVP and Glow, distil a RealNVP student, and measure them beside the MAF
-    teacher and the IAF student (:func:`measure`). Writes ``comparison.md`` and
-    ``comparison.png`` and returns what ``metrics.json["comparison"]`` holds."""
+    teacher and the IAF student (:func:`measure_fit`, then :func:`measure_times` one model at
+    a time). Writes ``comparison.md`` and ``comparison.png`` and returns what
+    ``metrics.json["comparison"]`` holds.
+
+    ``fitted``: the flows already fitted elsewhere (:func:`run` fits them in two processes),
+    table name -> ``(model, (CPU, wall) seconds of its training, its measure_fit row or
+    None)``; the others are fitted here. ``load_start``: the 1-minute load average when the
+    fits began (default: now)."""
     t0 = time.perf_counter()
-    load_start = load_average()
+    load_start = load_average() if load_start is None else load_start
     seconds = dict(trained_seconds or {})  # name -> (CPU, wall) seconds of its training
+    fitted = dict(fitted or {})
+    students = ("IAF student", "RealNVP student")
+    missing = any(name not in fitted or fitted[name][2] is None for name in students)
+    logp = teacher_grid(teacher, cfg) if missing else None  # for the students' grid KL
+    for family, name in COUPLING:
+        if name not in fitted:
+            start = _clocks()
+            model = fit_flow(family, cfg, log)
+            fitted[name] = (model, _since(start), None)
+    if "RealNVP student" not in fitted:
+        start = _clocks()
+        model, _ = distill_student(teacher, cfg, log, "realnvp", track=False, teacher_logp=logp)
+        fitted["RealNVP student"] = (model, _since(start), None)
     entries = [
         ("MAF", "maf", "maximum likelihood", teacher, False),
         ("IAF student", "iaf", "distillation from the MAF", student, True),
+        *(
+            (name, family, "maximum likelihood", fitted[name][0], False)
+            for family, name in COUPLING
+        ),
+        (
+            "RealNVP student",
+            "realnvp",
+            "distillation from the MAF",
+            fitted["RealNVP student"][0],
+            True,
+        ),
     ]
-    for family, name in (("nice", "NICE"), ("realnvp", "RealNVP"), ("glow", "Glow")):
-        start = _clocks()
-        entries.append((name, family, "maximum likelihood", fit_flow(family, cfg, log), False))
-        seconds[name] = _since(start)
-    start = _clocks()
-    coupling_student, _ = distill_student(teacher, cfg, log, family="realnvp")
-    seconds["RealNVP student"] = _since(start)
-    entries.append(
-        ("RealNVP student", "realnvp", "distillation from the MAF", coupling_student, True)
-    )
     rows = []
     for name, family, trained_by, model, distilled in entries:
         row = {"name": name, "family": family, "trained_by": trained_by}
-        row.update(measure(model, cfg, teacher if distilled else None))
+        fit = fitted[name][2] if name in fitted else None
+        if fit is None:
+            fit = measure_fit(model, cfg, teacher if distilled else None, logp)
+        row.update(fit)
+        if name in fitted:
+            seconds[name] = fitted[name][1]
         row["train_cpu_seconds"], row["train_wall_seconds"] = seconds[name]
         rows.append(row)
+    load_timing = load_average()
+    timing_start = time.perf_counter()
+    for row, (_, _, _, model, _) in zip(rows, entries):
+        row.update(measure_times(model, cfg))  # one at a time, nothing else of the run going on
+    timing_seconds = time.perf_counter() - timing_start
     _plot_rows(
         [("data", "data", None)] + [(e[0], "density", e[3]) for e in entries],
         cfg,
@@ -408,6 +571,7 @@ def compare(teacher, student, cfg: Toy2DConfig, out: Path, log=print, trained_se
         "torch_threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "load_average_start": load_start,
+        "load_average_timings": load_timing,
         "load_average_end": load_average(),
     }
     result = {
@@ -415,29 +579,36 @@ def compare(teacher, student, cfg: Toy2DConfig, out: Path, log=print, trained_se
         "timing_points": cfg.timing_points,
         "heldout_points": cfg.heldout_points,
         "seconds": time.perf_counter() - t0,
+        "timing_seconds": timing_seconds,
         "rows": rows,
     }
     table = _table(rows, cfg)
+    processes = (
+        "in two processes (the MAF and both students in one, NICE, RealNVP and Glow in the other), "
+        if cfg.workers > 1
+        else "in one process, "
+    )
     text = "\n".join(
         [
             "# toy2d: the flow families side by side",
             "",
             f"{machine['cpu']}, {machine['cpus']} CPUs, {machine['torch_threads']} torch "
             f"threads, torch {machine['torch']}; 1-minute load average "
-            f"{load_start:.1f} at the start of the comparison, {machine['load_average_end']:.1f} "
-            "at its end.",
+            f"{load_start:.1f} when the fits began, {load_timing:.1f} when the timings began "
+            f"(this run's own fits count in it), {machine['load_average_end']:.1f} at the end.",
             "",
             table,
             "",
             f"Held-out NLL: exact, nats per 2-D point, over {cfg.heldout_points:,} fresh points "
             "(± one standard error). Times: one batch of "
             f"{cfg.timing_points:,} points on {machine['torch_threads']} torch thread(s), "
-            "after a warm-up, fastest of three: CPU seconds of the thread (what it costs on an "
-            "idle core, whatever else runs) and wall seconds (what it took here, under the load "
-            "above). MAF and the "
+            "after a warm-up, fastest of three, taken after every fit had finished, one model "
+            "at a time: CPU seconds of the thread (what it costs on an idle core, whatever "
+            "else runs) and wall seconds (what it took here, under the load above). MAF and the "
             "coupling flows (NICE, RealNVP, Glow) are fitted by maximum likelihood on the same "
             f"batches for {cfg.teacher_steps} steps; the students are distilled from the MAF "
-            f"for {cfg.student_steps} steps.",
+            f"for {cfg.student_steps} steps; {processes}each on {cfg.threads} torch thread(s), "
+            "each fit from its own seed (the numbers do not depend on where it ran).",
             "",
             "KL to the teacher, MC: the Monte Carlo estimate `mean(log q(x) - log p(x))` over "
             f"{cfg.timing_points:,} student samples (± one standard error). The per-step "
@@ -459,10 +630,14 @@ def run(out: str | Path, cfg: Toy2DConfig = Toy2DConfig(), log=print) -> dict:
     """Fit the teacher, distil the student, write PNGs and ``metrics.json`` to ``out``; with
     ``cfg.compare`` also the families side by side (:func:`compare`).
 
-    Runs on ``cfg.threads`` torch threads (restored after): the networks are small (batches of
-    256 through 64-wide layers), and a second thread stalls every operation whenever the
-    machine has other work (a MAF step took 27 ms on one thread, 290 ms on two, with the
-    1-minute load average at 3 on 2 cores).
+    With ``cfg.compare`` and ``cfg.workers > 1`` the fits run in two processes: a spawned
+    worker fits NICE, RealNVP and Glow (:func:`_fit_coupling`) while this process fits the
+    teacher and distils both students from it; the times are taken after both are done.
+
+    Every process runs on ``cfg.threads`` torch threads (restored after here): the networks
+    are small (batches of 256 through 64-wide layers), and a second thread stalls every
+    operation whenever the machine has other work (a MAF step took 27 ms on one thread, 290 ms
+    on two, with the 1-minute load average at 3 on 2 cores).
     """
     previous = torch.get_num_threads()
     torch.set_num_threads(cfg.threads)
@@ -475,12 +650,50 @@ def run(out: str | Path, cfg: Toy2DConfig = Toy2DConfig(), log=print) -> dict:
 def _run(out: Path, cfg: Toy2DConfig, log) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     start = _clocks()
+    children_start = _children_cpu_seconds()
+    load_start = load_average()
+    pool = job = None
+    if cfg.compare and cfg.workers > 1:
+        context = multiprocessing.get_context("spawn")
+        pool = context.Pool(1, initializer=_init_worker, initargs=(cfg.threads,))
+        job = pool.apply_async(_fit_coupling, (cfg, log is print))
+    try:
+        metrics = _fit_and_draw(out, cfg, log, start, job, load_start)
+        if pool is not None:
+            pool.close()
+            pool.join()
+            pool = None
+    finally:
+        if pool is not None:  # something failed: do not wait for the worker's fits
+            pool.terminate()
+            pool.join()
+    cpu, metrics["wall_seconds"] = _since(start)
+    metrics["worker_cpu_seconds"] = _children_cpu_seconds() - children_start
+    metrics["cpu_seconds"] = cpu + metrics["worker_cpu_seconds"]
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    if cfg.compare:
+        line = (
+            f"Whole run (every fit, distillation, picture and measure): "
+            f"{metrics['wall_seconds']:.0f} s wall, {metrics['cpu_seconds']:.0f} s CPU "
+            f"({metrics['worker_cpu_seconds']:.0f} s of it in the worker process)."
+        )
+        with open(out / "comparison.md", "a") as f:
+            f.write(f"\n{line}\n")
+        log(f"{line} Table in {out / 'comparison.md'}")
+    return metrics
+
+
+def _fit_and_draw(out: Path, cfg: Toy2DConfig, log, start, job, load_start) -> dict:
+    """The teacher, the IAF student and their pictures; with ``cfg.compare`` the RealNVP
+    student too, then the worker's fits (``job``, if any) and :func:`compare`."""
     t0 = start[1]
     teacher = fit_teacher(cfg, log)
     teacher_seconds = _since(start)
-    t1 = time.perf_counter()
-    student, history = distill_student(teacher, cfg, log)
-    student_seconds = _since((start[0] + teacher_seconds[0], t1))
+    student_start = _clocks()
+    t1 = student_start[1]
+    logp = teacher_grid(teacher, cfg)
+    student, history = distill_student(teacher, cfg, log, teacher_logp=logp)
+    student_seconds = _since(student_start)
     t2 = time.perf_counter()
     panels = {
         "data": ("data", "data", None),
@@ -510,19 +723,24 @@ def _run(out: Path, cfg: Toy2DConfig, log) -> dict:
         f"distillation, {history[-1]['grid_kl']['mean']:.4f} after "
         f"(teacher {t1 - t0:.0f} s, student {t2 - t1:.0f} s); pictures in {out}"
     )
-    if cfg.compare:
-        seconds = {"MAF": teacher_seconds, "IAF student": student_seconds}
-        metrics["comparison"] = compare(teacher, student, cfg, out, log, seconds)
-    metrics["cpu_seconds"], metrics["wall_seconds"] = _since(start)
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    if cfg.compare:
-        line = (
-            f"Whole run (every fit, distillation, picture and measure): "
-            f"{metrics['wall_seconds']:.0f} s wall, {metrics['cpu_seconds']:.0f} s CPU."
-        )
-        with open(out / "comparison.md", "a") as f:
-            f.write(f"\n{line}\n")
-        log(f"{line} Table in {out / 'comparison.md'}")
+    if not cfg.compare:
+        return metrics
+    seconds = {"MAF": teacher_seconds, "IAF student": student_seconds}
+    fitted = {}
+    if job is not None:  # the rest of this process's share while the worker fits
+        fitted["MAF"] = (teacher, teacher_seconds, measure_fit(teacher, cfg))
+        fit = measure_fit(student, cfg, teacher, logp)
+        fitted["IAF student"] = (student, student_seconds, fit)
+        s0 = _clocks()
+        model, _ = distill_student(teacher, cfg, log, "realnvp", track=False, teacher_logp=logp)
+        fitted["RealNVP student"] = (model, _since(s0), measure_fit(model, cfg, teacher, logp))
+        results, lines = job.get()
+        for line in lines:
+            log(line)
+        for family, name in COUPLING:
+            r = results[name]
+            fitted[name] = (_load_flow(family, cfg, r["state"]), tuple(r["seconds"]), r["fit"])
+    metrics["comparison"] = compare(teacher, student, cfg, out, log, seconds, fitted, load_start)
     return metrics
 
 
@@ -532,7 +750,15 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--out", required=True, help="folder for the PNGs and metrics.json")
     defaults = Toy2DConfig()
-    names = ("teacher_steps", "student_steps", "seed", "timing_points", "heldout_points", "threads")
+    names = (
+        "teacher_steps",
+        "student_steps",
+        "seed",
+        "timing_points",
+        "heldout_points",
+        "threads",
+        "workers",
+    )
     for name in names:
         parser.add_argument(
             f"--{name.replace('_', '-')}", type=int, default=getattr(defaults, name)
